@@ -1,0 +1,6 @@
+"""Flax Linen models: ResNets and LayerNorm LSTMs. Depends on jax and flax only."""
+
+from resnet_ln.models.registry import get_model
+from resnet_ln.models.registry import list_models
+from resnet_ln.models.registry import register_model
+from resnet_ln.models.registry import register_model_family

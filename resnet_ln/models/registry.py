@@ -1,0 +1,73 @@
+"""The model registry: `get_model(name, **kwargs)` builds any model by name.
+
+Fixed names are registered with `register_model`; families whose names carry a
+number (`cifar_resnet{depth}`) are registered with `register_model_family`, so any
+valid depth resolves, while `list_models()` shows the canonical members.
+"""
+
+import re
+from typing import Callable, Sequence
+
+import flax.linen as nn
+
+ModelFactory = Callable[..., nn.Module]
+
+_MODELS: dict[str, ModelFactory] = {}
+# (compiled pattern with one integer group, factory(number, **kwargs), listed numbers)
+_FAMILIES: list[tuple[re.Pattern, Callable[..., nn.Module], tuple[int, ...]]] = []
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+  """Decorator registering `factory(**kwargs) -> nn.Module` under `name`."""
+
+  def decorator(factory: ModelFactory) -> ModelFactory:
+    if name in _MODELS:
+      raise ValueError(f"Model {name!r} is already registered.")
+    _MODELS[name] = factory
+    return factory
+
+  return decorator
+
+
+def register_model_family(
+    prefix: str, listed: Sequence[int]
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+  """Decorator registering `factory(number, **kwargs)` for names `{prefix}{number}`.
+
+  Args:
+    prefix: the name before the number, e.g. "cifar_resnet".
+    listed: the numbers `list_models()` shows (the factory may accept others and
+      raises ValueError for invalid ones).
+  """
+
+  def decorator(factory):
+    _FAMILIES.append((re.compile(rf"{re.escape(prefix)}(\d+)"), factory, tuple(listed)))
+    return factory
+
+  return decorator
+
+
+def list_models() -> list[str]:
+  """The registered model names, sorted (families show their canonical members)."""
+  names = set(_MODELS)
+  for pattern, _, listed in _FAMILIES:
+    prefix = pattern.pattern[: -len(r"(\d+)")].replace("\\", "")
+    names.update(f"{prefix}{n}" for n in listed)
+  return sorted(names)
+
+
+def get_model(name: str, **kwargs) -> nn.Module:
+  """Builds the registered model `name`, passing `kwargs` to its constructor.
+
+  Raises:
+    ValueError: `name` is not registered; the message lists the known names.
+  """
+  if name in _MODELS:
+    return _MODELS[name](**kwargs)
+  for pattern, factory, _ in _FAMILIES:
+    match = pattern.fullmatch(name)
+    if match:
+      return factory(int(match.group(1)), **kwargs)
+  raise ValueError(
+      f"Unknown model {name!r}. Known models: {', '.join(list_models())}."
+  )
