@@ -1,0 +1,60 @@
+"""The main job: a CIFAR-style ResNet-20 on the embedded `digits` dataset, offline.
+
+  python train.py --config=configs/default.py --workdir=workdirs/default
+
+Every other config starts from this one and changes what its experiment varies.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Model: any name from resnet_ln.models.list_models(); model_kwargs go to its constructor.
+  config.model = "cifar_resnet20"
+  config.model_kwargs = ml_collections.ConfigDict()
+  config.dtype = "float32"  # Compute dtype: float32, bfloat16, or float16 (loss scaling).
+
+  # Data: an embedded offline dataset, or any TFDS name.
+  config.dataset = "digits"
+  config.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or TFDS's default.
+  config.image_size = config_dict.placeholder(int)  # None: the dataset's own size (8 for digits).
+  config.seq_len = 128  # Characters per sequence (language modelling).
+  config.augment = True
+  config.batch_size = 128  # Global, over all devices and hosts.
+  config.eval_batch_size = 256
+
+  # Optimisation.
+  config.optimizer = "sgd"  # sgd (momentum) or adamw.
+  config.learning_rate = 0.1
+  config.lr_base_batch_size = 0  # > 0: learning_rate is per this many examples, scaled linearly.
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 5e-4  # On kernels only, unless weight_decay_all.
+  config.weight_decay_all = False
+  config.grad_clip_norm = 0.0  # 0: no clipping.
+  config.label_smoothing = 0.0
+  config.schedule = "cosine"  # constant, piecewise, step or cosine.
+  config.warmup_steps = 0
+  config.warmup_epochs = 1.0  # Overrides warmup_steps when > 0.
+  config.lr_boundaries = ()  # Steps (piecewise, step).
+  config.lr_boundaries_epochs = ()  # Epochs; overrides lr_boundaries when set.
+  config.lr_factors = ()  # piecewise: the rate is multiplied by lr_factors[k] at boundary k.
+  config.lr_decay_factor = 0.1  # step: the rate is multiplied by this at each boundary.
+  config.num_train_steps = -1  # > 0 overrides num_epochs.
+  config.num_epochs = 30.0
+
+  # Parallelism: pmap or shard_map over all devices (num_devices > 0: the first N, one host).
+  config.parallelism = "pmap"
+  config.num_devices = 0
+  config.seed = 0
+  config.skip_nonfinite = False  # True: skip (and count) non-finite updates instead of stopping.
+
+  # Logging and checkpoints.
+  config.log_every_steps = 50
+  config.eval_every_steps = 0  # 0: only at the end.
+  config.checkpoint_every_steps = 200
+  config.max_to_keep = 3
+  return config

@@ -1,0 +1,237 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Reads top to bottom: build the model, the optimiser and the state, restore the
+latest checkpoint, then step / log / evaluate / checkpoint until the end. The
+device work is in `steps.py`; this file holds the side effects.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from resnet_ln import data
+from resnet_ln.models import get_model
+from resnet_ln.train import checkpoint as checkpoint_lib
+from resnet_ln.train import optimizer as optimizer_lib
+from resnet_ln.train import parallel as parallel_lib
+from resnet_ln.train import steps
+from resnet_ln.train.metrics import MetricWriter
+from resnet_ln.train.state import TrainState, create_train_state
+from resnet_ln.train.tasks import Task, get_task
+from resnet_ln.train.validation import ConfigError, validate_config
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+INITIAL_LOSS_SCALE = 2.0**15
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradient became inf/NaN; the message names the step."""
+
+
+# ----------------------------------------------------------------------------
+# Building blocks.
+# ----------------------------------------------------------------------------
+def create_model(config: ml_collections.ConfigDict, info: "data.DatasetInfo"):
+  """The registered model for the dataset's task, with the data axis for BatchNorm."""
+  kwargs = dict(config.model_kwargs)
+  kwargs["num_classes" if info.task == "classification" else "vocab_size"] = info.num_classes
+  model = get_model(config.model, dtype=DTYPES[config.dtype], **kwargs)
+  if hasattr(model, "axis_name"):
+    model = model.clone(axis_name=parallel_lib.AXIS)
+  return model
+
+
+def initial_state(config, model, info, tx) -> TrainState:
+  """A fresh state as NumPy arrays (identical on every process: same seed)."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  input_dtype = jnp.float32 if info.task == "classification" else jnp.int32
+  dummy = jnp.zeros((1, *info.example_shape), input_dtype)
+
+  @jax.jit
+  def init():
+    variables = model.init(init_rng, dummy, train=False)
+    loss_scale = INITIAL_LOSS_SCALE if config.dtype == "float16" else 1.0
+    return create_train_state(train_rng, variables["params"], variables.get("batch_stats", {}),
+                              tx, loss_scale)
+
+  return jax.device_get(init())
+
+
+def training_length(config, info) -> tuple[int, int]:
+  """(steps per epoch, total train steps) for the global batch size."""
+  steps_per_epoch = max(info.num_train // config.batch_size, 1)
+  if config.num_train_steps > 0:
+    return steps_per_epoch, config.num_train_steps
+  return steps_per_epoch, int(round(config.num_epochs * steps_per_epoch))
+
+
+def evaluate(p_eval_step, state, config, parallel, task: Task) -> dict[str, float]:
+  """Metrics over the whole eval split (every example once, padding masked out)."""
+  batches = data.create_eval_iterator(config, layout=parallel.layout,
+                                      num_devices=len(parallel.devices))
+  sums = [p_eval_step(state, batch) for batch in data.prefetch_to_device(
+      batches, 2, parallel.batch_sharding, devices=parallel.devices)]
+  sums = [parallel.unreplicate_metrics(s) for s in jax.device_get(sums)]
+  totals = {k: float(np.sum([s[k] for s in sums])) for k in sums[0]}
+  return task.summarize(totals)
+
+
+class _Preemption:
+  """Remembers a SIGTERM so that the loop can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+    self.requested = True
+
+  def agreed(self) -> bool:
+    """Whether any process was asked to stop (a collective in multi-process runs)."""
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config.model` on `config.dataset`, resuming from `workdir` if it holds a checkpoint.
+
+  Returns:
+    The final eval metrics (plus `step`).
+  """
+  validate_config(config)
+  info = data.get_dataset_info(config)
+  task = get_task(info.task, config.label_smoothing)
+  parallel = parallel_lib.create_parallelism(config.parallelism, config.num_devices)
+  num_devices = len(parallel.devices) * jax.process_count()
+  if config.batch_size % num_devices or config.eval_batch_size % num_devices:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} and config.eval_batch_size="
+        f"{config.eval_batch_size} must both divide by the number of devices ({num_devices})."
+    )
+  model = create_model(config, info)
+  steps_per_epoch, num_train_steps = training_length(config, info)
+  schedule = optimizer_lib.create_learning_rate_schedule(config, num_train_steps, steps_per_epoch)
+  tx = optimizer_lib.create_optimizer(config, schedule)
+
+  # --- State: fresh, or the newest readable checkpoint. ---
+  host_state = initial_state(config, model, info, tx)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.max_to_keep)
+  restored = checkpointer.restore(host_state, config)
+  if restored:
+    host_state, start_step = restored
+    logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
+  else:
+    start_step = 0
+  state = parallel.put_state(host_state)
+  del host_state
+  num_params = sum(x.size for x in jax.tree.leaves(state.params)) // (
+      len(parallel.devices) if parallel.layout == "pmap" else 1)
+  logging.info("Model %s: %s parameters; %d devices (%s), %d train steps of %d examples.",
+               config.model, f"{num_params:,}", num_devices, config.parallelism,
+               num_train_steps, config.batch_size)
+
+  writer = MetricWriter(workdir)
+  if writer.is_primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  p_train_step = parallel.train_fn(functools.partial(
+      steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
+      dynamic_loss_scale=config.dtype == "float16", skip_nonfinite=config.skip_nonfinite))
+  p_eval_step = parallel.eval_fn(functools.partial(
+      steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
+  train_iter = data.prefetch_to_device(
+      data.create_train_iterator(config, start_step=start_step, layout=parallel.layout,
+                                 num_devices=len(parallel.devices)),
+      2, parallel.batch_sharding, devices=parallel.devices)
+
+  # --- Step, log, evaluate, checkpoint. ---
+  preemption = _Preemption()
+  pending = []  # Device metrics since the last fetch: no host sync per step.
+  window = {"sums": {}, "steps": 0, "start": time.time()}
+  eval_metrics = {}
+  step = start_step
+  last_saved = start_step if restored else None
+  try:
+    while step < num_train_steps:
+      state, metrics = p_train_step(state, next(train_iter))
+      pending.append(metrics)
+      step += 1
+      is_last = step == num_train_steps
+      preempted = (jax.process_count() == 1 or step % config.log_every_steps == 0) and \
+          preemption.agreed()
+      should_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
+      if step % config.log_every_steps == 0 or is_last or should_save:
+        _fetch(pending, window, parallel, step, config.skip_nonfinite, last_saved)
+        pending = []
+      if step % config.log_every_steps == 0 or is_last:
+        _log_train(writer, window, step, num_train_steps, schedule, config, num_devices, task)
+      if should_save:
+        checkpointer.save(step, parallel.get_state(state), config)
+        last_saved = step
+      if preempted:
+        logging.warning("Stopping at step %d after SIGTERM; rerun the command to resume.", step)
+        break
+      if (config.eval_every_steps and step % config.eval_every_steps == 0) or is_last:
+        eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
+        writer.write(step, "eval", eval_metrics)
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    preemption.restore()
+  return {"step": step, **eval_metrics}
+
+
+def _fetch(pending, window, parallel, step, skip_nonfinite, last_saved) -> None:
+  """Adds the pending device metrics to the log window; stops on a non-finite step."""
+  fetched = [parallel.unreplicate_metrics(m) for m in jax.device_get(pending)]
+  first = step - len(fetched) + 1
+  for offset, metrics in enumerate(fetched):
+    if metrics["nonfinite"] and not skip_nonfinite:
+      kept = f"the last checkpoint (step {last_saved}) is kept" if last_saved else \
+          "no checkpoint was written"
+      raise NonFiniteError(
+          f"Non-finite loss or gradient at step {first + offset}; {kept}. Lower the "
+          "learning rate, add gradient clipping (config.grad_clip_norm), or set "
+          "config.skip_nonfinite=True to skip such updates."
+      )
+    for name, value in metrics.items():
+      window["sums"][name] = window["sums"].get(name, 0.0) + float(value)
+  window["steps"] += len(fetched)
+
+
+def _log_train(writer, window, step, num_train_steps, schedule, config, num_devices, task):
+  """Writes the train metrics of the window since the last log, and resets it."""
+  elapsed = time.time() - window["start"]
+  steps_per_sec = window["steps"] / max(elapsed, 1e-9)
+  metrics = task.summarize(window["sums"])
+  metrics.update(
+      learning_rate=float(schedule(step - 1)),
+      steps_per_sec=steps_per_sec,
+      examples_per_sec=steps_per_sec * config.batch_size,
+      examples_per_sec_per_device=steps_per_sec * config.batch_size / num_devices,
+      eta_seconds=(num_train_steps - step) / max(steps_per_sec, 1e-9),
+  )
+  if window["sums"].get("nonfinite"):
+    metrics["skipped_steps"] = window["sums"]["nonfinite"]
+  writer.write(step, "train", metrics)
+  window.update(sums={}, steps=0, start=time.time())

@@ -1,0 +1,54 @@
+"""Config checks that run before anything is built or compiled.
+
+Each failure is one `ConfigError` naming the field, its value and what is allowed.
+"""
+
+import ml_collections
+
+from resnet_ln.models import get_model
+from resnet_ln.train.optimizer import OPTIMIZERS, SCHEDULES
+from resnet_ln.train.parallel import PARALLELISMS
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """An invalid config value; the message names the field."""
+
+
+def _require(ok: bool, field: str, value, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}.")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first invalid field of a training config."""
+  try:
+    get_model(config.model, **config.model_kwargs)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.model={config.model!r} / config.model_kwargs: {e}") from None
+  for field, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                         ("parallelism", PARALLELISMS), ("dtype", DTYPES)):
+    _require(config[field] in allowed, field, config[field], f"one of {allowed}")
+  for field in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
+                "max_to_keep"):
+    _require(_is_int(config[field]) and config[field] > 0, field, config[field],
+             "must be a positive integer")
+  for field in ("eval_every_steps", "num_devices", "warmup_steps"):
+    _require(_is_int(config[field]) and config[field] >= 0, field, config[field],
+             "must be a non-negative integer")
+  _require(config.num_train_steps > 0 or config.num_epochs > 0, "num_train_steps",
+           config.num_train_steps, "set num_train_steps > 0, or num_epochs > 0")
+  for field in ("learning_rate", "weight_decay", "grad_clip_norm", "warmup_epochs"):
+    _require(config[field] >= 0, field, config[field], "must be >= 0")
+  _require(0 <= config.momentum < 1, "momentum", config.momentum, "must be in [0, 1)")
+  _require(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing,
+           "must be in [0, 1)")
+  if config.schedule == "piecewise":
+    boundaries = config.lr_boundaries_epochs or config.lr_boundaries
+    _require(len(boundaries) == len(config.lr_factors), "lr_factors", config.lr_factors,
+             f"needs one factor per boundary ({len(boundaries)})")

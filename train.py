@@ -1,0 +1,55 @@
+"""Trains a resnet_ln model: `python train.py --config=configs/default.py --workdir=DIR`.
+
+Any config field can be overridden: `--config.batch_size=512`. Rerunning the
+same command on the same workdir resumes from its latest checkpoint. Under a
+multi-process launcher (Cloud TPU pod, SLURM) or with --coordinator_address,
+`jax.distributed` is initialised first.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py or configs/NAME.py:ARG).",
+                                lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _in_cluster() -> bool:
+  """Whether a launcher that jax.distributed can read started several processes."""
+  return (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+          or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+          or "JAX_COORDINATOR_ADDRESS" in os.environ)
+
+
+def main(argv):
+  del argv
+  import jax
+
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif _in_cluster():
+    jax.distributed.initialize()
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+
+  from resnet_ln import train
+
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError, train.CheckpointError, train.NonFiniteError) as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)
