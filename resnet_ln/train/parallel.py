@@ -88,7 +88,12 @@ class ShardMapParallelism(Parallelism):
     self.replicated = NamedSharding(self.mesh, P())
 
   def _shard_map(self, fn, out_specs):
-    return jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=out_specs)
+    # check_vma=False keeps pmap's semantics for the shared step function: with
+    # it on, differentiating w.r.t. the replicated params already sums the
+    # gradient over devices, and the step's own pmean would then be applied on
+    # top of that sum.
+    return jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=out_specs,
+                         check_vma=False)
 
   def train_fn(self, fn):
     return jax.jit(self._shard_map(fn, (P(), P())), donate_argnums=(0,))
