@@ -70,10 +70,12 @@ class PmapParallelism(Parallelism):
     return flax.jax_utils.replicate(host_state, self.devices)
 
   def get_state(self, state):
-    return jax.device_get(flax.jax_utils.unreplicate(state))
+    # Device 0's replica only: fetching x[0] would copy every replica to the host.
+    return jax.device_get(jax.tree.map(
+        lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), state))
 
   def unreplicate_metrics(self, metrics):
-    return flax.jax_utils.unreplicate(metrics)
+    return jax.tree.map(lambda x: x[0], metrics)
 
 
 class ShardMapParallelism(Parallelism):
