@@ -135,7 +135,7 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     `{'params': ..., 'batch_stats': ...}` (NumPy arrays), ready for `model.apply`.
   """
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {directory}: train first, or check --workdir.")
