@@ -56,7 +56,7 @@ def list_models() -> list[str]:
   return sorted(names)
 
 
-def get_model(name: str, **kwargs) -> nn.Module:
+def get_model(name: str, /, **kwargs) -> nn.Module:
   """Builds the registered model `name`, passing `kwargs` to its constructor.
 
   Raises:
