@@ -46,7 +46,7 @@ def main(argv):
 
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, train.CheckpointError, train.NonFiniteError) as e:
+  except (ValueError, OSError, train.CheckpointError, train.NonFiniteError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
 

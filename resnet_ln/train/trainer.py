@@ -67,6 +67,21 @@ def initial_state(config, model, info, tx) -> TrainState:
   return jax.device_get(init())
 
 
+def check_workdir(workdir: str) -> None:
+  """Fails early, with the reason, when `workdir` cannot be created or written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(
+        f"Cannot write to --workdir={workdir} ({e.strerror}). Choose a writable directory "
+        "with free space."
+    ) from None
+
+
 def training_length(config, info) -> tuple[int, int]:
   """(steps per epoch, total train steps) for the global batch size."""
   steps_per_epoch = max(info.num_train // config.batch_size, 1)
@@ -132,6 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optimizer_lib.create_optimizer(config, schedule)
 
   # --- State: fresh, or the newest readable checkpoint. ---
+  check_workdir(workdir)
   host_state = initial_state(config, model, info, tx)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.max_to_keep)
   restored = checkpointer.restore(host_state, config)
