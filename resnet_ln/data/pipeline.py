@@ -1,0 +1,257 @@
+"""tf.data input pipelines: `create_train_iterator` and `create_eval_iterator`.
+
+Hosts and devices. Process p of P reads only its part of a split
+(`tfds.even_splits`, the rule of `tfds.split_for_jax_process`: part sizes
+differ by at most one), so the processes together see every example once per
+epoch. Its batches hold global_batch / P examples, shaped
+[num_devices, per_device_batch, ...] ('pmap' layout) or [process_batch, ...]
+('global' layout, for `jax.make_array_from_process_local_data`).
+
+Determinism and resuming (train). A process's stream of examples is a pure
+function of config.seed and its part of the split: epoch e visits the part in
+an order drawn from (seed, e), and the k-th example of the stream, counted from
+step 0, is augmented with seeds drawn from (seed, p, k). `start_step=N` starts
+at k = N * process_batch: epoch k // n and offset k % n are computed directly,
+and only the offset's records within that one epoch are read and dropped, still
+encoded. Images are shuffled by a buffer (config.shuffle_buffer, default up to
+50,000 examples: a full shuffle for CIFAR-sized data, ~5.5 GB of JPEGs for
+ImageNet) over TFDS's stored order, which TFDS already shuffled once when it
+wrote the files; text windows get a full permutation every epoch. The epoch
+orders come from TF's seeded shuffle, so they change if the program sets
+TensorFlow's global seed (`tf.random.set_seed`); nothing in resnet_ln does.
+
+Eval. Every example of the eval split is visited once across all processes.
+Each process pads its part with `mask` = 0 examples up to the same number of
+batches, ceil(largest part / process_batch), so that the collectives of a
+multi-host eval step line up.
+"""
+
+import itertools
+import math
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from resnet_ln.data import info as info_lib
+from resnet_ln.data import preprocess
+from resnet_ln.data import sources
+from resnet_ln.data import text
+from resnet_ln.data.cpu_tensorflow import tf
+
+LAYOUTS = ("pmap", "global")
+_DEFAULT_SHUFFLE_BUFFER = 50_000
+_MAX_EPOCHS = 2**20  # Epoch seeds are seed * _MAX_EPOCHS + epoch.
+
+
+def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0,
+                          layout: str = "pmap", num_devices: int | None = None,
+                          ) -> Iterator[dict[str, np.ndarray]]:
+  """The infinite, resumable stream of this process's train batches.
+
+  Classification batches are {'image': float32 [..., H, W, C] normalised per
+  channel, 'label': int32 [...]}; language modelling batches {'inputs',
+  'targets': int32 [..., seq_len]}. [...] is [num_devices, per_device_batch]
+  for layout='pmap', [process_batch] for 'global'.
+
+  Args:
+    config: reads dataset, data_dir, batch_size (global), seed, augment,
+      image_size, seq_len, shuffle_buffer, train_split.
+    start_step: yield the batches a fresh iterator yields from its
+      start_step-th batch on.
+    layout: 'pmap' or 'global'.
+    num_devices: this process's devices (default: jax.local_device_count()).
+
+  Raises:
+    ValueError: batch_size does not divide over all devices, or a bad layout.
+  """
+  process_batch, num_devices = _process_batch(config.batch_size, "batch_size", layout,
+                                              num_devices)
+  if config.dataset in sources.SYNTHETIC:
+    return _synthetic(info_lib.get_dataset_info(config), config.seed, process_batch, layout,
+                      num_devices)
+  builder = sources.load_builder(config.dataset, config.get("data_dir"))
+  info = info_lib.info_from_builder(config, builder)
+  start = start_step * process_batch
+  index, count = jax.process_index(), jax.process_count()
+  if info.task == "language_modeling":
+    data = tf.constant(text.load_bytes(builder, info.train_split))
+    low, high = _even_range(text.num_windows(len(data), config.seq_len), index, count)
+    stream = _shuffled_epochs(tf.data.Dataset.range(low, high), high - low, config.seed,
+                              start, buffer_size=high - low)
+    batches = stream.map(lambda i: text.window(data, i, config.seq_len),
+                         num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    records = _image_records(builder, tfds.even_splits(info.train_split, count)[index])
+    num_examples = int(records.cardinality())
+    buffer_size = config.get("shuffle_buffer") or min(num_examples, _DEFAULT_SHUFFLE_BUFFER)
+    stream = _shuffled_epochs(records, num_examples, config.seed, start, buffer_size)
+    base_seed = tf.constant([config.seed, index], tf.int64)
+
+    def augment(position, example):
+      seed = tf.random.experimental.stateless_fold_in(base_seed, position)
+      return {"image": _preprocess(info, builder, example["image"], seed, config.augment),
+              "label": tf.cast(example["label"], tf.int32)}
+
+    batches = stream.enumerate(start).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+  batches = batches.batch(process_batch, drop_remainder=True)
+  return _finish(batches, config.dataset, layout, num_devices)
+
+
+def create_eval_iterator(config: ml_collections.ConfigDict, *, layout: str = "pmap",
+                         num_devices: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """This process's eval batches: its part of the eval split once, padded.
+
+  Batches are the train batches plus 'mask': float32 [...], 1 for real examples
+  and 0 for padding. Every process yields the same number of batches.
+
+  Args:
+    config: reads dataset, data_dir, eval_batch_size (global), image_size,
+      seq_len, eval_split.
+    layout: 'pmap' or 'global'.
+    num_devices: this process's devices (default: jax.local_device_count()).
+
+  Raises:
+    ValueError: eval_batch_size does not divide over all devices, or a bad layout.
+  """
+  process_batch, num_devices = _process_batch(config.eval_batch_size, "eval_batch_size",
+                                              layout, num_devices)
+  index, count = jax.process_index(), jax.process_count()
+  if config.dataset in sources.SYNTHETIC:
+    info = info_lib.get_dataset_info(config)
+    sizes = [high - low for low, high in (_even_range(info.num_eval, i, count)
+                                          for i in range(count))]
+    return _synthetic(info, config.seed, process_batch, layout, num_devices,
+                      num_batches=math.ceil(max(sizes) / process_batch), num_real=sizes[index])
+  builder = sources.load_builder(config.dataset, config.get("data_dir"))
+  info = info_lib.info_from_builder(config, builder)
+  if info.task == "language_modeling":
+    data = tf.constant(text.load_bytes(builder, info.eval_split))
+    num_windows = text.num_windows(len(data), config.seq_len)
+    sizes = [high - low for low, high in (_even_range(num_windows, i, count)
+                                          for i in range(count))]
+    low, _ = _even_range(num_windows, index, count)
+    examples = tf.data.Dataset.range(low, low + sizes[index]).map(
+        lambda i: text.window(data, i, config.seq_len))
+  else:
+    splits = tfds.even_splits(info.eval_split, count)
+    sizes = [info_lib.count(builder, split) for split in splits]
+    examples = _image_records(builder, splits[index]).map(
+        lambda example: {
+            "image": _preprocess(info, builder, example["image"], None, augment=False),
+            "label": tf.cast(example["label"], tf.int32)},
+        num_parallel_calls=tf.data.AUTOTUNE)
+  examples = examples.map(lambda example: {**example, "mask": tf.constant(1.0)})
+  padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype),
+                                  examples.element_spec)
+  num_batches = math.ceil(max(sizes) / process_batch)
+  batches = (examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+             .take(num_batches * process_batch).batch(process_batch))
+  return _finish(batches, config.dataset, layout, num_devices)
+
+
+def _process_batch(global_batch: int, field: str, layout: str,
+                   num_devices: int | None) -> tuple[int, int]:
+  """(this process's batch, its device count), after checking that they divide."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}.")
+  num_devices = num_devices or jax.local_device_count()
+  total = jax.process_count() * num_devices
+  if global_batch % total:
+    raise ValueError(
+        f"config.{field}={global_batch} is not divisible by the device count {total} "
+        f"({jax.process_count()} process(es) x {num_devices} devices): every device "
+        "needs the same number of examples.")
+  return global_batch // jax.process_count(), num_devices
+
+
+def _even_range(size: int, index: int, count: int) -> tuple[int, int]:
+  """[low, high) of part `index` of `count` near-equal parts of range(size)."""
+  return size * index // count, size * (index + 1) // count
+
+
+def _image_records(builder: tfds.core.DatasetBuilder, split) -> tf.data.Dataset:
+  """{'image': encoded bytes, 'label'} in TFDS's stored order (decoding comes later)."""
+  records = builder.as_dataset(split=split, shuffle_files=False,
+                               decoders={"image": tfds.decode.SkipDecoding()})
+  return records.map(lambda example: {"image": example["image"], "label": example["label"]})
+
+
+def _shuffled_epochs(examples: tf.data.Dataset, num_examples: int, seed: int, start: int,
+                     buffer_size: int) -> tf.data.Dataset:
+  """`examples` epoch after epoch, each in an order drawn from (seed, epoch), from `start` on.
+
+  Args:
+    examples: one epoch, `num_examples` long, in a fixed order.
+    start: the position in the infinite stream to begin at.
+    buffer_size: the shuffle buffer; num_examples gives a uniform permutation.
+  """
+  if num_examples == 0:
+    raise ValueError("This process's part of the train split is empty: use fewer processes.")
+  first_epoch, offset = divmod(start, num_examples)
+
+  def epoch(number: tf.Tensor) -> tf.data.Dataset:
+    # A fresh shuffle per epoch, seeded from (seed, epoch) alone, so epoch e's
+    # order does not depend on how many epochs this iterator has already run.
+    return examples.shuffle(buffer_size, seed=seed * _MAX_EPOCHS + number,
+                            reshuffle_each_iteration=False)
+
+  # skip() drops the offset's examples before anything downstream (decoding,
+  # augmentation) touches them.
+  return tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(offset)
+
+
+def _preprocess(info: info_lib.DatasetInfo, builder: tfds.core.DatasetBuilder,
+                image_bytes: tf.Tensor, seed: tf.Tensor | None, augment: bool) -> tf.Tensor:
+  """`preprocess.preprocess_image`, resizing to info.example_shape where it is not native."""
+  native_shape = builder.info.features["image"].shape
+  image_size = None if info.example_shape == native_shape else info.example_shape[0]
+  return preprocess.preprocess_image(info.name, image_bytes, seed, image_shape=native_shape,
+                                     image_size=image_size, augment=augment)
+
+
+def _finish(batches: tf.data.Dataset, name: str, layout: str,
+            num_devices: int) -> Iterator[dict[str, np.ndarray]]:
+  """Normalise image batches, lay them out for the devices, prefetch; numpy iterator."""
+  mean, std = preprocess.normalization(name)
+
+  def finish(batch):
+    if "image" in batch:
+      batch = {**batch, "image": preprocess.normalize(batch["image"], mean, std)}
+    if layout == "pmap":
+      batch = {key: tf.reshape(x, [num_devices, -1] + x.shape[1:].as_list())
+               for key, x in batch.items()}
+    return batch
+
+  batches = batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True  # The order is part of the contract (resuming).
+  # Parallelism comes from the parallel maps; multi-threaded ops inside them
+  # would only oversubscribe the cores.
+  options.threading.max_intra_op_parallelism = 1
+  return batches.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()
+
+
+def _synthetic(info: info_lib.DatasetInfo, seed: int, process_batch: int, layout: str,
+               num_devices: int, num_batches: int | None = None,
+               num_real: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """One random host batch, repeated: forever (train), or num_batches times with a
+  mask that is 1 for the first num_real examples (eval)."""
+  rng = np.random.default_rng(seed)
+  if info.task == "classification":
+    batch = {"image": rng.standard_normal((process_batch, *info.example_shape), np.float32),
+             "label": rng.integers(0, info.num_classes, process_batch, np.int32)}
+  else:
+    tokens = rng.integers(0, info.num_classes, (process_batch, info.example_shape[0] + 1),
+                          np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+  for step in itertools.count() if num_batches is None else range(num_batches):
+    if num_batches is not None:
+      real = np.arange(step * process_batch, (step + 1) * process_batch) < num_real
+      batch = {**batch, "mask": real.astype(np.float32)}
+    if layout == "pmap":
+      yield {key: x.reshape(num_devices, -1, *x.shape[1:]) for key, x in batch.items()}
+    else:
+      yield batch

@@ -1,0 +1,73 @@
+"""Opening a TFDS dataset by name: prepare it in data_dir, or say exactly what is missing."""
+
+import difflib
+
+import tensorflow_datasets as tfds
+
+EMBEDDED = ("digits", "pydoc_topics")
+SYNTHETIC = ("synthetic_image", "synthetic_text")
+
+
+def unknown_dataset_error(name: str) -> ValueError:
+  """The error for a name that is neither ours nor a TFDS dataset, with the close names."""
+  known = tfds.list_builders(with_community_datasets=False)
+  close = difflib.get_close_matches(name, list(EMBEDDED + SYNTHETIC) + known, n=3)
+  return ValueError(
+      f"Unknown dataset {name!r}{f' (did you mean {close}?)' if close else ''}. Use an "
+      f"offline dataset {EMBEDDED}, synthetic data {SYNTHETIC}, or any of the "
+      f"{len(known)} names in tfds.list_builders() with `image` and `label` features "
+      "(e.g. 'imagenet2012', 'cifar10', 'mnist') or a `text` feature "
+      "(e.g. 'tiny_shakespeare').")
+
+
+def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder for `name`, prepared in `data_dir` first if it is not there yet.
+
+  The embedded datasets build themselves in about a second; others download
+  (when the machine has a network) or need their manual files.
+
+  Args:
+    name: a TFDS name, optionally with config and version ('cifar10:3.0.2').
+    data_dir: None for $TFDS_DATA_DIR, else TFDS's default ~/tensorflow_datasets.
+
+  Raises:
+    ValueError: no such dataset.
+    FileNotFoundError: the data is not in data_dir and cannot be made here.
+  """
+  if name.split(":")[0].split("/")[0] not in tfds.list_builders(with_community_datasets=False):
+    raise unknown_dataset_error(name)
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    _prepare(builder)
+  return builder
+
+
+def _prepare(builder: tfds.core.DatasetBuilder) -> None:
+  """`builder.download_and_prepare()`, with its failures turned into instructions."""
+  where = f"{builder.name} is not prepared in {builder.data_dir_root}"
+  try:
+    builder.download_and_prepare()
+  except ModuleNotFoundError as error:
+    if error.name != "importlib_resources":
+      raise
+    # TFDS 4.9.x imports it on every Python but declares it only for Python < 3.9
+    # (tensorflow/datasets#11212).
+    raise ImportError(
+        "tensorflow-datasets needs the `importlib_resources` package to prepare a "
+        "dataset: pip install importlib_resources") from error
+  except AssertionError as error:
+    if not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+      raise
+    # TFDS asserts that `<data_dir>/downloads/manual/` holds the files.
+    manual_dir = builder.data_dir_root / "downloads" / "manual"
+    raise FileNotFoundError(
+        f"{where}, and it needs a manual download: put its files in {manual_dir}/ "
+        f"(or point config.data_dir / $TFDS_DATA_DIR at a directory that holds the "
+        f"prepared dataset). TFDS's instructions:\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+    ) from error
+  except OSError as error:  # requests' ConnectionError is an OSError.
+    raise FileNotFoundError(
+        f"{where}, and downloading it failed ({type(error).__name__}); this machine "
+        "may have no network. Prepare it on a machine that has one (`tfds build "
+        f"{builder.name} --data_dir=DIR`), copy DIR here and set config.data_dir or "
+        f"$TFDS_DATA_DIR to it, or use an offline dataset {EMBEDDED}.") from error
