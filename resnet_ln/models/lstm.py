@@ -1,0 +1,426 @@
+"""Layer-normalised LSTM (Ba, Kiros and Hinton, "Layer Normalization", 2016).
+
+    [f, i, o, g] = LN(W_h h_{t-1}; a1, b1) + LN(W_x x_t; a2, b2) + b
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+    h_t = sigmoid(o) * tanh(LN(c_t; a3, b3))
+
+The four gates are fused into one [.., 4H] vector in the order [f, i, o, g].
+Parameters of a cell (the same for the cells and for every layer of `LSTM`):
+
+    input_proj/kernel [in, 4H]       W_x        input_proj/scale, bias [4H]      a2, b2
+    recurrent_proj/kernel [H, 4H]    W_h        recurrent_proj/scale, bias [4H]  a1, b1
+    gate_bias [4H]                   b          cell_scale, cell_bias [H]        a3, b3
+
+`LSTMCell` has the same parameters without the LayerNorm gains and biases.
+"""
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+Carry = tuple[Array, Array]
+
+
+def _gatewise(init: Initializer) -> Initializer:
+  """Applies `init` to each gate's [in, H] block of a fused [in, 4H] kernel."""
+
+  def gatewise_init(key, shape, dtype=jnp.float32):
+    in_features, fused = shape
+    keys = jax.random.split(key, 4)
+    # Drawn in at least float32: the orthogonal initializer's QR has no bfloat16
+    # kernel, so `param_dtype=jnp.bfloat16` would fail otherwise.
+    init_dtype = jnp.promote_types(dtype, jnp.float32)
+    blocks = [init(k, (in_features, fused // 4), init_dtype) for k in keys]
+    return jnp.concatenate(blocks, axis=-1).astype(dtype)
+
+  return gatewise_init
+
+
+def _forget_bias_init(forget_bias: float) -> Initializer:
+  """Gate bias b: `forget_bias` on the forget gate (first quarter), zeros elsewhere."""
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    hidden = shape[-1] // 4
+    return jnp.zeros(shape, dtype).at[..., :hidden].set(forget_bias)
+
+  return init
+
+
+def _layer_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: float) -> Array:
+  """LayerNorm over the last axis split into `num_groups` equal groups.
+
+  Statistics are computed in (at least) float32 whatever the dtype of `x`; the
+  result is float32 (float64 for float64 inputs).
+  """
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  grouped = x.reshape(x.shape[:-1] + (num_groups, x.shape[-1] // num_groups))
+  mean = grouped.mean(-1, keepdims=True)
+  var = jnp.square(grouped - mean).mean(-1, keepdims=True)
+  y = ((grouped - mean) * jax.lax.rsqrt(var + epsilon)).reshape(x.shape)
+  return y * scale.astype(y.dtype) + bias.astype(y.dtype)
+
+
+class _GateProjection(nn.Module):
+  """Fused gate pre-activations W z [..., 4H], LayerNorm-ed when `num_groups` is set.
+
+  Attributes:
+    num_groups: None for no LayerNorm, 1 for statistics over all 4H units, 4 for
+      statistics per gate.
+  """
+
+  features: int
+  kernel_init: Initializer
+  num_groups: int | None
+  epsilon: float
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, z: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init, (z.shape[-1], self.features), self.param_dtype)
+    # Accumulate in float32 so the LayerNorm sees the unrounded product.
+    y = jnp.dot(
+        z.astype(self.dtype),
+        kernel.astype(self.dtype),
+        preferred_element_type=jnp.promote_types(self.dtype, jnp.float32),
+    )
+    if self.num_groups is not None:
+      scale = self.param("scale", nn.initializers.ones, (self.features,), self.param_dtype)
+      bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+      y = _layer_norm(y, scale, bias, self.num_groups, self.epsilon)
+    return y.astype(self.dtype)
+
+
+class _FusedLSTMCell(nn.RNNCellBase):
+  """The LSTM update shared by `LSTMCell` and `LayerNormLSTMCell`.
+
+  The step is split in two so that `LSTM` can hoist the input part out of the
+  recurrence: `input_gates` depends on x_t alone and runs for all time steps in
+  one matmul; `recurrent_step` is the per-step rest. `__call__` runs both.
+  """
+
+  features: int
+  forget_bias: float = 1.0
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  recurrent_kernel_init: Initializer = _gatewise(nn.initializers.orthogonal())
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _projection(self, kernel_init: Initializer) -> _GateProjection:
+    return _GateProjection(
+        features=4 * self.features,
+        kernel_init=kernel_init,
+        num_groups=None,
+        epsilon=0.0,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
+
+  def _cell_output(self, c: Array) -> tuple[Array, Array]:
+    """Returns (the cell state under h's tanh, the carried cell state)."""
+    return c, c
+
+  def setup(self):
+    self.input_proj = self._projection(self.kernel_init)
+    self.recurrent_proj = self._projection(self.recurrent_kernel_init)
+    self.gate_bias = self.param(
+        "gate_bias", _forget_bias_init(self.forget_bias), (4 * self.features,), self.param_dtype
+    )
+
+  def input_gates(self, inputs: Array) -> Array:
+    """The input term of the gate pre-activations: LN(W_x x; a2, b2), or W_x x.
+
+    Args:
+      inputs: [..., in_features], any number of leading (batch, time) axes.
+
+    Returns:
+      [..., 4 * features] in `dtype`, gate order [f, i, o, g].
+    """
+    return self.input_proj(inputs)
+
+  def recurrent_step(
+      self, carry: Carry, input_gates: Array, recurrent_mask: Array | None = None
+  ) -> tuple[Carry, Array]:
+    """One time step given the precomputed `input_gates`.
+
+    Args:
+      carry: (c, h), each [batch, features].
+      input_gates: [batch, 4 * features] from `input_gates`.
+      recurrent_mask: optional [batch, features] dropout mask (already scaled)
+        applied to h before W_h.
+
+    Returns:
+      ((c, h), h), the new carry and the output [batch, features].
+    """
+    c, h = carry
+    h_in = h if recurrent_mask is None else h * recurrent_mask
+    # The gate bias is added here, not in the hoisted part, where it would cost a
+    # pass over the [time, batch, 4H] array; here it fuses into the gate math.
+    gates = self.recurrent_proj(h_in) + input_gates + self.gate_bias.astype(self.dtype)
+    f, i, o, g = jnp.split(gates, 4, axis=-1)
+    new_c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+    c_out, c_carried = self._cell_output(new_c)
+    new_h = (nn.sigmoid(o) * jnp.tanh(c_out.astype(self.dtype))).astype(h.dtype)
+    return (c_carried.astype(c.dtype), new_h), new_h
+
+  def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
+    """One time step.
+
+    Args:
+      carry: (c, h), each [batch, features].
+      inputs: [batch, in_features].
+
+    Returns:
+      ((c, h), h), the new carry and the output [batch, features].
+    """
+    return self.recurrent_step(carry, self.input_gates(inputs))
+
+  @nn.nowrap
+  def zero_carry(self, batch_shape: Sequence[int]) -> Carry:
+    """Zero (c, h). c is kept in at least float32 (it accumulates over time), h in `dtype`."""
+    shape = tuple(batch_shape) + (self.features,)
+    c_dtype = jnp.promote_types(self.dtype, jnp.float32)
+    return jnp.zeros(shape, c_dtype), jnp.zeros(shape, self.dtype)
+
+  @nn.nowrap
+  def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]) -> Carry:
+    """Zero carry for inputs of shape [*batch, in_features] (`rng` is unused)."""
+    del rng
+    return self.zero_carry(input_shape[:-1])
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1
+
+
+class LSTMCell(_FusedLSTMCell):
+  """Plain LSTM cell with fused [f, i, o, g] gates: the baseline for `LayerNormLSTMCell`.
+
+  c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g), h_t = sigmoid(o) * tanh(c_t),
+  [f, i, o, g] = W_h h_{t-1} + W_x x_t + b.
+
+  Attributes:
+    features: H, the size of h and c.
+    forget_bias: initial value of the forget-gate bias.
+    kernel_init: initializer of W_x [in, 4H].
+    recurrent_kernel_init: initializer of W_h [H, 4H] (default: orthogonal per
+      gate block).
+    dtype: compute dtype (h and the outputs); c is carried in at least float32.
+    param_dtype: parameter storage dtype.
+  """
+
+
+class LayerNormLSTMCell(_FusedLSTMCell):
+  """LayerNorm LSTM cell of Ba, Kiros and Hinton (2016); see the module docstring.
+
+  Attributes:
+    features: H, the size of h and c.
+    per_gate: LayerNorm statistics per gate ([4, H]) instead of over all 4H units.
+    normalize_carried_cell: carry LN(c_t) instead of the paper's raw c_t.
+    epsilon: LayerNorm epsilon (keep it around 1e-5: tiny values cause NaNs).
+    forget_bias: initial value of the forget-gate bias b_f.
+    kernel_init: initializer of W_x [in, 4H].
+    recurrent_kernel_init: initializer of W_h [H, 4H] (default: orthogonal per
+      gate block).
+    dtype: compute dtype; LayerNorm statistics and c are at least float32.
+    param_dtype: parameter storage dtype.
+  """
+
+  per_gate: bool = False
+  normalize_carried_cell: bool = False
+  epsilon: float = 1e-5
+
+  def _projection(self, kernel_init: Initializer) -> _GateProjection:
+    return _GateProjection(
+        features=4 * self.features,
+        kernel_init=kernel_init,
+        num_groups=4 if self.per_gate else 1,
+        epsilon=self.epsilon,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
+
+  def _cell_output(self, c: Array) -> tuple[Array, Array]:
+    c_norm = _layer_norm(c, self.cell_scale, self.cell_bias, 1, self.epsilon)
+    return c_norm, c_norm if self.normalize_carried_cell else c
+
+  def setup(self):
+    super().setup()
+    self.cell_scale = self.param("cell_scale", nn.initializers.ones, (self.features,), self.param_dtype)
+    self.cell_bias = self.param("cell_bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+
+
+def _reverse_within_length(x: Array, seq_lengths: Array | None) -> Array:
+  """Reverses each sequence of time-major `x` [time, batch, ...] within its length.
+
+  Padding stays where it is, so the reversed sequence starts at its own last
+  valid step. Applying it twice is the identity.
+  """
+  if seq_lengths is None:
+    return jnp.flip(x, axis=0)
+  steps = jnp.arange(x.shape[0])[:, None]
+  index = jnp.where(steps < seq_lengths[None, :], seq_lengths[None, :] - 1 - steps, steps)
+  index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=0)
+
+
+def _scan_cell(
+    cell: _FusedLSTMCell,
+    carry: Carry,
+    input_gates: Array,
+    valid: Array | None,
+    recurrent_mask: Array | None,
+    unroll: int,
+) -> tuple[Carry, Array]:
+  """Runs `cell.recurrent_step` over time-major `input_gates` [time, batch, 4H].
+
+  Where `valid` [time, batch] is False the carry is kept and the output is zero,
+  so the final carry is the one at each sequence's last valid step.
+  """
+
+  def step(cell, carry, gates_t, valid_t):
+    new_carry, h = cell.recurrent_step(carry, gates_t, recurrent_mask)
+    if valid_t is not None:
+      keep = valid_t[:, None]
+      new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+      h = jnp.where(keep, h, jnp.zeros_like(h))
+    return new_carry, h
+
+  scan = nn.scan(
+      step, variable_broadcast="params", split_rngs={"params": False}, unroll=unroll
+  )
+  return scan(cell, carry, input_gates, valid)
+
+
+class LSTM(nn.Module):
+  """A stack of (LayerNorm) LSTM layers over batch-major sequences.
+
+  Each layer computes the input projection (and its LayerNorm) for all time steps
+  in one matmul, then scans the recurrent part with one fused [H, 4H] matmul per
+  step. Layer parameters are named `layer_{i}` (and `layer_{i}_backward` for the
+  backward direction) and have exactly a cell's structure, so a
+  `LayerNormLSTMCell`'s (or `LSTMCell`'s) params can be used as a layer's.
+
+  Attributes:
+    features: H, hidden size per direction.
+    num_layers: number of stacked layers.
+    layer_norm: `LayerNormLSTMCell` if True, else the plain `LSTMCell`.
+    bidirectional: run a backward direction too and concatenate its outputs.
+    dropout_rate: dropout on the inputs of layers 2..num_layers (train only).
+    recurrent_dropout_rate: dropout on h before W_h, one mask per sequence for
+      all time steps (train only).
+    unroll: scan unroll factor.
+    per_gate, normalize_carried_cell, epsilon: see `LayerNormLSTMCell`.
+    forget_bias, kernel_init, recurrent_kernel_init, dtype, param_dtype: see
+      `LSTMCell`.
+  """
+
+  features: int
+  num_layers: int = 1
+  layer_norm: bool = True
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  recurrent_dropout_rate: float = 0.0
+  unroll: int = 1
+  per_gate: bool = False
+  normalize_carried_cell: bool = False
+  epsilon: float = 1e-5
+  forget_bias: float = 1.0
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  recurrent_kernel_init: Initializer = _gatewise(nn.initializers.orthogonal())
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _cell(self, name: str) -> _FusedLSTMCell:
+    common = dict(
+        features=self.features,
+        forget_bias=self.forget_bias,
+        kernel_init=self.kernel_init,
+        recurrent_kernel_init=self.recurrent_kernel_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
+    )
+    if not self.layer_norm:
+      return LSTMCell(**common)
+    return LayerNormLSTMCell(
+        per_gate=self.per_gate,
+        normalize_carried_cell=self.normalize_carried_cell,
+        epsilon=self.epsilon,
+        **common,
+    )
+
+  def _direction(
+      self,
+      cell: _FusedLSTMCell,
+      x: Array,
+      valid: Array | None,
+      seq_lengths: Array | None,
+      backward: bool,
+      train: bool,
+  ) -> tuple[Carry, Array]:
+    """One direction of one layer on time-major x [time, batch, in]."""
+    if backward:
+      x = _reverse_within_length(x, seq_lengths)
+    input_gates = cell.input_gates(x)
+    recurrent_mask = None
+    if train and self.recurrent_dropout_rate > 0:
+      keep = 1.0 - self.recurrent_dropout_rate
+      mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[1], self.features))
+      recurrent_mask = (mask / keep).astype(self.dtype)
+    carry, y = _scan_cell(
+        cell, cell.zero_carry(x.shape[1:2]), input_gates, valid, recurrent_mask, self.unroll
+    )
+    if backward:
+      y = _reverse_within_length(y, seq_lengths)
+    return carry, y
+
+  @nn.compact
+  def __call__(
+      self, inputs: Array, seq_lengths: Array | None = None, train: bool = False
+  ) -> tuple[Array, tuple[Any, ...]]:
+    """Runs the stack.
+
+    Args:
+      inputs: [batch, time, in_features].
+      seq_lengths: optional [batch] int in [0, time], the valid length of each
+        sequence; steps past it neither affect any output or carry nor produce
+        output (zeros).
+      train: enables dropout (needs a 'dropout' rng when a rate is > 0).
+
+    Returns:
+      (outputs, final_carries): outputs [batch, time, features] (2 * features
+      when bidirectional, forward first), in `dtype`; final_carries a tuple with
+      one entry per layer, each (c, h) of [batch, features] taken at each
+      sequence's last valid step, or ((c, h) forward, (c, h) backward) when
+      bidirectional (the backward carry is the one after reading back to step 0).
+    """
+    x = jnp.swapaxes(inputs, 0, 1)  # time-major: scan runs over the leading axis
+    valid = None
+    if seq_lengths is not None:
+      valid = jnp.arange(x.shape[0])[:, None] < seq_lengths[None, :]
+      # Zeroing the padding keeps even NaN/inf padding out of the gradients.
+      x = jnp.where(valid[..., None], x, jnp.zeros_like(x))
+    final_carries = []
+    for layer in range(self.num_layers):
+      if layer > 0 and self.dropout_rate > 0:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      forward_carry, y = self._direction(
+          self._cell(f"layer_{layer}"), x, valid, seq_lengths, False, train
+      )
+      if self.bidirectional:
+        backward_carry, y_backward = self._direction(
+            self._cell(f"layer_{layer}_backward"), x, valid, seq_lengths, True, train
+        )
+        final_carries.append((forward_carry, backward_carry))
+        x = jnp.concatenate([y, y_backward], axis=-1)
+      else:
+        final_carries.append(forward_carry)
+        x = y
+    return jnp.swapaxes(x, 0, 1), tuple(final_carries)

@@ -1,0 +1,145 @@
+"""Sequence models on the (LayerNorm) LSTM: a character language model and a classifier."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_ln.models.lstm import LSTM
+from resnet_ln.models.registry import register_model
+
+Dtype = Any
+
+
+@register_model("char_lm")
+class CharLM(nn.Module):
+  """Character-level language model: embedding, LSTM stack, per-step softmax logits.
+
+  Attributes:
+    vocab_size: number of token ids (256 for bytes).
+    embed_dim: embedding size.
+    features: LSTM hidden size.
+    num_layers: stacked LSTM layers.
+    layer_norm: LayerNorm LSTM if True, else the plain LSTM baseline.
+    dropout_rate: dropout on the embeddings, between layers and before the
+      output projection (train only).
+    recurrent_dropout_rate: dropout on h before W_h, one mask per sequence.
+    unroll: scan unroll factor.
+    dtype: compute dtype (logits are returned in float32).
+    param_dtype: parameter storage dtype.
+  """
+
+  vocab_size: int
+  embed_dim: int = 64
+  features: int = 256
+  num_layers: int = 2
+  layer_norm: bool = True
+  dropout_rate: float = 0.0
+  recurrent_dropout_rate: float = 0.0
+  unroll: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+    """Next-token logits.
+
+    Args:
+      tokens: [batch, time] int32 token ids.
+      train: enables dropout (needs a 'dropout' rng when a rate is > 0).
+
+    Returns:
+      logits: [batch, time, vocab_size] float32; position t predicts token t + 1.
+    """
+    x = nn.Embed(
+        self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype
+    )(tokens)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x, _ = LSTM(
+        self.features,
+        num_layers=self.num_layers,
+        layer_norm=self.layer_norm,
+        dropout_rate=self.dropout_rate,
+        recurrent_dropout_rate=self.recurrent_dropout_rate,
+        unroll=self.unroll,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )(x, train=train)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return logits.astype(jnp.float32)
+
+
+@register_model("seq_classifier")
+class SequenceClassifier(nn.Module):
+  """Classifies a sequence from its last valid LSTM hidden state.
+
+  Image batches [batch, height, width, channels] are read row by row, as
+  sequences of `height` steps of `width * channels` features.
+
+  Attributes:
+    num_classes: number of classes.
+    features: LSTM hidden size per direction.
+    num_layers: stacked LSTM layers.
+    layer_norm: LayerNorm LSTM if True, else the plain LSTM baseline.
+    bidirectional: also read each sequence backwards; the classifier sees the
+      forward h at the last valid step and the backward h at step 0.
+    dropout_rate: dropout between layers and before the classifier (train only).
+    recurrent_dropout_rate: dropout on h before W_h, one mask per sequence.
+    unroll: scan unroll factor.
+    dtype: compute dtype (logits are returned in float32).
+    param_dtype: parameter storage dtype.
+  """
+
+  num_classes: int
+  features: int = 128
+  num_layers: int = 1
+  layer_norm: bool = True
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  recurrent_dropout_rate: float = 0.0
+  unroll: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+      self, inputs: jax.Array, seq_lengths: jax.Array | None = None, train: bool = False
+  ) -> jax.Array:
+    """Class logits.
+
+    Args:
+      inputs: [batch, time, features], or images [batch, height, width, channels].
+      seq_lengths: optional [batch] int valid lengths (rows, for images).
+      train: enables dropout (needs a 'dropout' rng when a rate is > 0).
+
+    Returns:
+      logits: [batch, num_classes] float32.
+    """
+    if inputs.ndim == 4:
+      inputs = inputs.reshape(inputs.shape[:2] + (-1,))
+    elif inputs.ndim != 3:
+      raise ValueError(
+          "SequenceClassifier expects [batch, time, features] or "
+          f"[batch, height, width, channels] inputs, got shape {inputs.shape}."
+      )
+    _, carries = LSTM(
+        self.features,
+        num_layers=self.num_layers,
+        layer_norm=self.layer_norm,
+        bidirectional=self.bidirectional,
+        dropout_rate=self.dropout_rate,
+        recurrent_dropout_rate=self.recurrent_dropout_rate,
+        unroll=self.unroll,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )(inputs.astype(self.dtype), seq_lengths, train=train)
+    if self.bidirectional:
+      (_, h_forward), (_, h_backward) = carries[-1]
+      h = jnp.concatenate([h_forward, h_backward], axis=-1)
+    else:
+      _, h = carries[-1]
+    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(h)
+    return logits.astype(jnp.float32)
