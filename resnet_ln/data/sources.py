@@ -1,11 +1,16 @@
 """Opening a TFDS dataset by name: prepare it in data_dir, or say exactly what is missing."""
 
 import difflib
+import os
+import socket
 
 import tensorflow_datasets as tfds
 
 EMBEDDED = ("digits", "pydoc_topics")
 SYNTHETIC = ("synthetic_image", "synthetic_text")
+# TFDS's own downloads and its mirror of prepared datasets live here.
+_PROBE_ADDRESS = ("storage.googleapis.com", 443)
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 
 
 def unknown_dataset_error(name: str) -> ValueError:
@@ -36,6 +41,8 @@ def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """
   if name.split(":")[0].split("/")[0] not in tfds.list_builders(with_community_datasets=False):
     raise unknown_dataset_error(name)
+  # Preparing and reading run TensorFlow ops: hide the accelerators from it first.
+  from resnet_ln.data import cpu_tensorflow  # pylint: disable=import-outside-toplevel,unused-import
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     _prepare(builder)
@@ -45,6 +52,19 @@ def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 def _prepare(builder: tfds.core.DatasetBuilder) -> None:
   """`builder.download_and_prepare()`, with its failures turned into instructions."""
   where = f"{builder.name} is not prepared in {builder.data_dir_root}"
+  no_network = (
+      f"{where}, and downloading it needs a network{{}}. Prepare it on a machine that "
+      f"has one (`tfds build {builder.name} --data_dir=DIR`), copy DIR here and set "
+      f"config.data_dir or $TFDS_DATA_DIR to it, or use an offline dataset {EMBEDDED}.")
+  # Without a network TFDS retries each URL for minutes before it fails, so look
+  # first, unless nothing will be downloaded: our embedded datasets, manual
+  # downloads, or a download_and_prepare replaced by `tfds.testing.mock_data`.
+  downloads = (builder.name not in EMBEDDED and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+               and type(builder).download_and_prepare.__module__.startswith(
+                   "tensorflow_datasets.core"))
+  if downloads and not _network_reachable():
+    raise FileNotFoundError(no_network.format(
+        f" (no connection to {_PROBE_ADDRESS[0]}: this machine seems to have none)"))
   try:
     builder.download_and_prepare()
   except ModuleNotFoundError as error:
@@ -66,8 +86,16 @@ def _prepare(builder: tfds.core.DatasetBuilder) -> None:
         f"prepared dataset). TFDS's instructions:\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
     ) from error
   except OSError as error:  # requests' ConnectionError is an OSError.
-    raise FileNotFoundError(
-        f"{where}, and downloading it failed ({type(error).__name__}); this machine "
-        "may have no network. Prepare it on a machine that has one (`tfds build "
-        f"{builder.name} --data_dir=DIR`), copy DIR here and set config.data_dir or "
-        f"$TFDS_DATA_DIR to it, or use an offline dataset {EMBEDDED}.") from error
+    raise FileNotFoundError(no_network.format(
+        f", and it failed with {type(error).__name__}")) from error
+
+
+def _network_reachable(timeout_s: float = 3.0) -> bool:
+  """Whether TFDS's storage host accepts a connection (assumed so behind a proxy)."""
+  if any(os.environ.get(variable) for variable in _PROXY_VARIABLES):
+    return True
+  try:
+    socket.create_connection(_PROBE_ADDRESS, timeout=timeout_s).close()
+  except OSError:
+    return False
+  return True
