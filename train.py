@@ -31,6 +31,18 @@ def _in_cluster() -> bool:
           or "JAX_COORDINATOR_ADDRESS" in os.environ)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every bad flag or override reported in one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:  # A bad flag value, including an ill-typed --config.FIELD.
+    sys.exit(f"error: {e}\nSee --helpfull for the flags.")
+  except AttributeError as e:  # --config.FIELD for a field that the config does not have.
+    reason = e.args[0].args[0] if e.args and isinstance(e.args[0], KeyError) else e
+    reason = str(reason).replace("\n", ". ")
+    sys.exit(f"error: unknown config field in a --config.FIELD override: {reason}")
+
+
 def main(argv):
   del argv
   import jax
@@ -52,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -78,6 +78,7 @@ def test_a_corrupted_latest_checkpoint_is_named_and_the_previous_one_used(tmp_pa
   resumed = run(workdir, "--config.num_train_steps=9", *steps)
   assert resumed.returncode == 0, resumed.stderr
   assert "checkpoints/6 is unreadable" in resumed.stderr
+  assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "6"))
   assert "Resumed from" in resumed.stderr and "at step 3" in resumed.stderr
   straight = str(tmp_path / "straight")
   assert run(straight, "--config.num_train_steps=9", *steps).returncode == 0

@@ -10,11 +10,14 @@ directory that is ignored.
 """
 
 import os
+import shutil
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 # Fields that must match between the checkpoint and the config to resume.
 IDENTITY_FIELDS = ("model", "model_kwargs", "dataset", "image_size", "seq_len", "batch_size",
@@ -39,6 +42,9 @@ class Checkpointer:
 
   def __init__(self, workdir: str, max_to_keep: int, asynchronous: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # Where unreadable checkpoints go once a good older one is found, so that new
+    # saves can reuse their step numbers; they are moved, never deleted.
+    self.unreadable_directory = os.path.join(os.path.abspath(workdir), "unreadable_checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -94,8 +100,9 @@ class Checkpointer:
         bad.append(step)
         continue
       if bad:
-        logging.warning("Resuming from step %d; unreadable newer checkpoints were left in place: %s",
-                        step, ", ".join(self._path(s) for s in bad))
+        self._set_aside(bad)
+        logging.warning("Resuming from step %d; the unreadable newer checkpoints were moved, "
+                        "untouched, to %s.", step, self.unreadable_directory)
       return restored, step
     raise CheckpointError(
         f"None of the checkpoints in {self.directory} can be read (steps {steps}). "
@@ -112,6 +119,21 @@ class Checkpointer:
           f"({'; '.join(diffs)}). Use the original config to resume, or a new --workdir "
           "to start a new run."
       )
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves the checkpoints of `steps` into `unreadable_directory` (process 0 moves)."""
+    if jax.process_index() == 0:
+      os.makedirs(self.unreadable_directory, exist_ok=True)
+      for step in steps:
+        target = os.path.join(self.unreadable_directory, str(step))
+        suffix = 1
+        while os.path.exists(target):  # Same step unreadable again in a later run.
+          target = os.path.join(self.unreadable_directory, f"{step}.{suffix}")
+          suffix += 1
+        shutil.move(self._path(step), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("resnet_ln: unreadable checkpoints moved")
+    self.manager.reload()
 
   def _path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))

@@ -28,7 +28,7 @@ from resnet_ln.train import steps
 from resnet_ln.train.metrics import MetricWriter
 from resnet_ln.train.state import TrainState, create_train_state
 from resnet_ln.train.tasks import Task, get_task
-from resnet_ln.train.validation import ConfigError, validate_config
+from resnet_ln.train.validation import ConfigError, model_error, validate_config
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INITIAL_LOSS_SCALE = 2.0**15
@@ -45,7 +45,10 @@ def create_model(config: ml_collections.ConfigDict, info: "data.DatasetInfo"):
   """The registered model for the dataset's task, with the data axis for BatchNorm."""
   kwargs = dict(config.model_kwargs)
   kwargs["num_classes" if info.task == "classification" else "vocab_size"] = info.num_classes
-  model = get_model(config.model, dtype=DTYPES[config.dtype], **kwargs)
+  try:
+    model = get_model(config.model, dtype=DTYPES[config.dtype], **kwargs)
+  except (TypeError, ValueError) as e:
+    raise model_error(config, e) from None
   if hasattr(model, "axis_name"):
     model = model.clone(axis_name=parallel_lib.AXIS)
   return model

@@ -16,6 +16,11 @@ class ConfigError(ValueError):
   """An invalid config value; the message names the field."""
 
 
+def model_error(config: ml_collections.ConfigDict, error: Exception) -> ConfigError:
+  """The ConfigError for a model that cannot be built from config.model / model_kwargs."""
+  return ConfigError(f"config.model={config.model!r} / config.model_kwargs: {error}")
+
+
 def _require(ok: bool, field: str, value, allowed: str) -> None:
   if not ok:
     raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}.")
@@ -29,8 +34,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first invalid field of a training config."""
   try:
     get_model(config.model, **config.model_kwargs)
-  except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.model={config.model!r} / config.model_kwargs: {e}") from None
+  except TypeError:
+    pass  # E.g. a missing vocab_size, which comes from the dataset: see `model_error`.
+  except ValueError as e:
+    raise model_error(config, e) from None
   for field, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                          ("parallelism", PARALLELISMS), ("dtype", DTYPES)):
     _require(config[field] in allowed, field, config[field], f"one of {allowed}")
