@@ -63,26 +63,32 @@ def _np_step(p, c, h, x, layer_norm, groups=1, normalize_carried_cell=False, eps
   wx = x @ p["input_proj"]["kernel"]
   wh = h @ p["recurrent_proj"]["kernel"]
   if layer_norm:
-    wh = _np_layer_norm(wh, p["recurrent_proj"]["scale"], p["recurrent_proj"]["bias"], groups, epsilon)
-    wx = _np_layer_norm(wx, p["input_proj"]["scale"], p["input_proj"]["bias"], groups, epsilon)
+    recurrent, inputs = p["recurrent_proj"], p["input_proj"]
+    wh = _np_layer_norm(wh, recurrent["scale"], recurrent["bias"], groups, epsilon)
+    wx = _np_layer_norm(wx, inputs["scale"], inputs["bias"], groups, epsilon)
   f, i, o, g = np.split(wh + wx + p["gate_bias"], 4, axis=-1)
   c_new = _np_sigmoid(f) * c + _np_sigmoid(i) * np.tanh(g)
-  c_hat = _np_layer_norm(c_new, p["cell_scale"], p["cell_bias"], 1, epsilon) if layer_norm else c_new
+  c_hat = c_new
+  if layer_norm:
+    c_hat = _np_layer_norm(c_new, p["cell_scale"], p["cell_bias"], 1, epsilon)
   h_new = _np_sigmoid(o) * np.tanh(c_hat)
   return (c_hat if normalize_carried_cell else c_new), h_new
 
 
 CELL_CASES = [
-    (LayerNormLSTMCell(4), dict(layer_norm=True), (1, 3)),
-    (LayerNormLSTMCell(H), dict(layer_norm=True), (2, 5)),
-    (LayerNormLSTMCell(3), dict(layer_norm=True), (4, 7)),
-    (LayerNormLSTMCell(H, per_gate=True), dict(layer_norm=True, groups=4), (2, 5)),
-    (
+    pytest.param(LayerNormLSTMCell(4), dict(layer_norm=True), (1, 3), id="ln_batch1_in3_h4"),
+    pytest.param(LayerNormLSTMCell(H), dict(layer_norm=True), (2, 5), id="ln_batch2_in5_h8"),
+    pytest.param(LayerNormLSTMCell(3), dict(layer_norm=True), (4, 7), id="ln_batch4_in7_h3"),
+    pytest.param(
+        LayerNormLSTMCell(H, per_gate=True), dict(layer_norm=True, groups=4), (2, 5), id="per_gate"
+    ),
+    pytest.param(
         LayerNormLSTMCell(H, normalize_carried_cell=True),
         dict(layer_norm=True, normalize_carried_cell=True),
         (2, 5),
+        id="normalize_carried_cell",
     ),
-    (LSTMCell(H), dict(layer_norm=False), (2, 5)),
+    pytest.param(LSTMCell(H), dict(layer_norm=False), (2, 5), id="plain"),
 ]
 
 
@@ -292,7 +298,9 @@ def test_dropout_is_off_when_not_training():
   params = _random_params(dropped, x, seed=11)
   y_eval, _ = _apply(dropped)({"params": params}, x)
   y_plain, _ = _apply(LSTM(H, num_layers=2))({"params": params}, x)
-  y_train, _ = _apply(dropped)({"params": params}, x, train=True, rngs={"dropout": jax.random.key(0)})
+  y_train, _ = _apply(dropped)(
+      {"params": params}, x, train=True, rngs={"dropout": jax.random.key(0)}
+  )
   np.testing.assert_array_equal(y_eval, y_plain)
   assert np.abs(np.asarray(y_train - y_eval)).max() > 1e-2
 
@@ -360,16 +368,18 @@ def test_cell_gradients_match_finite_differences_in_float64():
 def test_bfloat16_compute_with_float32_params_stays_finite():
   x = 30.0 * _sequences(time=24)
   model = LSTM(H, dtype=jnp.bfloat16)
-  params = jax.jit(model.init)(jax.random.key(0), x, LENGTHS)["params"]
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x, LENGTHS)["params"]
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))
+  params = _random_params(model, x, LENGTHS, seed=14)
 
   def loss(params):
-    y, _ = model.apply({"params": params}, x, LENGTHS)
-    return jnp.sum(jnp.square(y.astype(jnp.float32)))
+    y, carries = model.apply({"params": params}, x, LENGTHS)
+    return jnp.sum(jnp.square(y.astype(jnp.float32))), (y, carries)
 
-  (y, carries), grads = _apply(model)({"params": params}, x, LENGTHS), jax.jit(jax.grad(loss))(params)
+  (_, (y, carries)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   assert y.dtype == jnp.bfloat16
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
   assert carries[0][0].dtype == jnp.float32  # c is carried in float32
   assert np.all(np.isfinite(np.asarray(y, np.float32)))
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
   assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))

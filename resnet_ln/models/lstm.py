@@ -252,8 +252,9 @@ class LayerNormLSTMCell(_FusedLSTMCell):
 
   def setup(self):
     super().setup()
-    self.cell_scale = self.param("cell_scale", nn.initializers.ones, (self.features,), self.param_dtype)
-    self.cell_bias = self.param("cell_bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    shape = (self.features,)
+    self.cell_scale = self.param("cell_scale", nn.initializers.ones, shape, self.param_dtype)
+    self.cell_bias = self.param("cell_bias", nn.initializers.zeros, shape, self.param_dtype)
 
 
 def _reverse_within_length(x: Array, seq_lengths: Array | None) -> Array:
