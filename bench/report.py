@@ -87,7 +87,7 @@ def row(result: dict[str, Any]) -> list[str]:
   if result.get("git_commit"):
     version += f" ({result['git_commit']})"
   return [*throughput.table_row(result), _cudnn_cell(result),
-          f"{result['peak_matmul']['tflops_per_s']:.2f}", version, result["date"][:10],
+          f"{result['peak_matmul']['tflops_per_s_max']:.3g}", version, result["date"][:10],
           f"`{result['command']}`"]
 
 
@@ -128,10 +128,14 @@ def render(results: list[dict[str, Any]], intro: str) -> str:
     versions = sorted({f"jax {r['jax_version']}" for r in group})
     rows = [row(r) for r in sorted(
         group, key=lambda r: (r["model"], r["dtype"], r["parallelism"], r["date"]))]
-    lines += [f"## {title}", "",
-              f"{len(group)} runs; {', '.join(versions)}. Figures are medians over the timed "
-              "windows (train ex/s: ± half the range over windows); train ex/s, tokens/s and "
-              "TFLOP/s are global (all devices).", "", *_table(list(COLUMNS), rows), ""]
+    summary = (f"{len(group)} runs; {', '.join(versions)}. Figures are medians over the timed "
+               "windows (train ex/s: ± half the range over windows); train ex/s, tokens/s and "
+               "TFLOP/s are global (all devices); MFU is against the best matmul run.")
+    loads = [r["host_load_avg_1m"] for r in group if r.get("host_load_avg_1m") is not None]
+    if loads and group[0]["backend"] == "cpu":
+      summary += (f" Host load average at the start of the runs: {min(loads):.1f} to "
+                  f"{max(loads):.1f} on {group[0]['host_cpu_count']} cores.")
+    lines += [f"## {title}", "", summary, "", *_table(list(COLUMNS), rows), ""]
   for name in sorted({r["benchmark"] for r in results} - {THROUGHPUT}):
     lines += render_other(name, [r for r in results if r["benchmark"] == name])
   return "\n".join(lines)
