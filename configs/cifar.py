@@ -17,8 +17,9 @@ from configs import default
 
 def get_config(arg: str = "resnet20") -> ml_collections.ConfigDict:
   kind, depth = arg.rstrip("0123456789"), int(arg[len(arg.rstrip("0123456789")):] or 0)
-  if kind not in ("resnet", "plain") or not depth:
-    raise ValueError(f"configs/cifar.py:{arg}: expected resnetN or plainN, e.g. resnet56.")
+  if kind not in ("resnet", "plain") or depth < 8 or (depth - 2) % 6:
+    raise ValueError(f"configs/cifar.py:{arg}: expected resnetN or plainN with N = 6n + 2 "
+                     "(20, 32, 44, 56, 110, 1202), e.g. resnet56.")
   config = default.get_config()
 
   # What this experiment varies: the depth, and shortcuts or none.
