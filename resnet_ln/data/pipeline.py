@@ -97,7 +97,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int 
 
     batches = stream.enumerate(start).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   batches = batches.batch(process_batch, drop_remainder=True)
-  return _finish(batches, config.dataset, layout, num_devices)
+  return finish_batches(batches, config.dataset, layout, num_devices)
 
 
 def create_eval_iterator(config: ml_collections.ConfigDict, *, layout: str = "pmap",
@@ -149,7 +149,7 @@ def create_eval_iterator(config: ml_collections.ConfigDict, *, layout: str = "pm
   num_batches = math.ceil(max(sizes) / process_batch)
   batches = (examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
              .take(num_batches * process_batch).batch(process_batch))
-  return _finish(batches, config.dataset, layout, num_devices)
+  return finish_batches(batches, config.dataset, layout, num_devices)
 
 
 def _process_batch(global_batch: int, field: str, layout: str,
@@ -212,9 +212,18 @@ def _preprocess(info: info_lib.DatasetInfo, builder: tfds.core.DatasetBuilder,
                                      image_size=image_size, augment=augment)
 
 
-def _finish(batches: tf.data.Dataset, name: str, layout: str,
+def finish_batches(batches: tf.data.Dataset, name: str, layout: str,
             num_devices: int) -> Iterator[dict[str, np.ndarray]]:
-  """Normalise image batches, lay them out for the devices, prefetch; numpy iterator."""
+  """Normalises image batches, lays them out for the devices, prefetches: a numpy iterator.
+
+  The tail of every pipeline here (and of `bench.input_pipeline`'s).
+
+  Args:
+    batches: batched examples; images still uint8.
+    name: the dataset, for its normalisation.
+    layout: 'pmap' reshapes [process_batch, ...] to [num_devices, per_device_batch, ...].
+    num_devices: this process's devices.
+  """
   mean, std = preprocess.normalization(name)
 
   def finish(batch):
