@@ -112,15 +112,18 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", default=os.path.join(ROOT, "workdirs", "claims"))
   parser.add_argument("--plot", default=None, help="PNG path (default: docs/CLAIM.png).")
   parser.add_argument("--steps", type=int, default=None,
-                      help="Train steps per run (default: 1500 lnlstm, 600 degradation).")
+                      help="Train steps per run (default: 600 lnlstm, 500 degradation).")
   args = parser.parse_args(argv)
 
+  from absl import logging  # pylint: disable=import-outside-toplevel
   from resnet_ln import train  # pylint: disable=import-outside-toplevel
 
+  logging.set_verbosity(logging.INFO)  # The trainer's progress lines, as under train.py.
+
   if args.claim == "lnlstm":
-    runs, plot = lnlstm_runs(args.steps or 1500), plot_lnlstm
+    runs, plot = lnlstm_runs(args.steps or 600), plot_lnlstm
   else:
-    runs, plot = degradation_runs(args.steps or 600), plot_degradation
+    runs, plot = degradation_runs(args.steps or 500), plot_degradation
   results = {}
   for name, config in runs.items():
     workdir = os.path.join(args.workdir, name)
