@@ -2,6 +2,9 @@
 
   python train.py --config=configs/default.py --workdir=workdirs/default
 
+330 steps of 128 (30 epochs); about 2 minutes on 2 CPU cores, compilation
+included, to a test accuracy of 0.986 on the 355 held-out digits.
+
 Every other config starts from this one and changes what its experiment varies.
 """
 
