@@ -371,6 +371,21 @@ def test_importing_the_package_and_synthetic_data_do_not_import_tensorflow():
   subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
 
 
+def test_a_dataset_that_another_process_prepares_meanwhile_is_read(tmp_path, monkeypatch):
+  original = embedded.Digits._download_and_prepare  # pylint: disable=protected-access
+
+  def lose_the_race(self, *args, **kwargs):
+    # Another process (a second host, a test worker) prepares the same data_dir
+    # and renames its directory into place before this one can.
+    monkeypatch.setattr(embedded.Digits, "_download_and_prepare", original)
+    tfds.builder("digits", data_dir=str(tmp_path)).download_and_prepare()
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(embedded.Digits, "_download_and_prepare", lose_the_race)
+  info = data.get_dataset_info(make_config(str(tmp_path)))
+  assert (info.num_train, info.num_eval) == (DIGITS_TRAIN, DIGITS_TEST)
+
+
 # ----------------------------------------------------------------------------
 # Errors.
 # ----------------------------------------------------------------------------

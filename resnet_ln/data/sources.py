@@ -44,13 +44,20 @@ def load_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   # Preparing and reading run TensorFlow ops: hide the accelerators from it first.
   from resnet_ln.data import cpu_tensorflow  # pylint: disable=import-outside-toplevel,unused-import
   builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    _prepare(builder)
+  if not builder.is_prepared() and not _prepare(builder):
+    # Another process (a second host, a test worker) prepared it first: read
+    # its dataset_info, which this builder, made before it existed, lacks.
+    builder = tfds.builder(name, data_dir=data_dir)
   return builder
 
 
-def _prepare(builder: tfds.core.DatasetBuilder) -> None:
-  """`builder.download_and_prepare()`, with its failures turned into instructions."""
+def _prepare(builder: tfds.core.DatasetBuilder) -> bool:
+  """`builder.download_and_prepare()`, with its failures turned into instructions.
+
+  Returns:
+    True if this builder prepared the dataset, False if another process did
+    while this one was at it.
+  """
   where = f"{builder.name} is not prepared in {builder.data_dir_root}"
   no_network = (
       f"{where}, and downloading it needs a network{{}}. Prepare it on a machine that "
@@ -67,6 +74,12 @@ def _prepare(builder: tfds.core.DatasetBuilder) -> None:
         f" (no connection to {_PROBE_ADDRESS[0]}: this machine seems to have none)"))
   try:
     builder.download_and_prepare()
+  except FileExistsError:
+    # TFDS writes into a temporary directory and renames it when done; the
+    # rename fails when another process has finished first.
+    if not builder.is_prepared():
+      raise
+    return False
   except ModuleNotFoundError as error:
     if error.name != "importlib_resources":
       raise
@@ -86,8 +99,11 @@ def _prepare(builder: tfds.core.DatasetBuilder) -> None:
         f"prepared dataset). TFDS's instructions:\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
     ) from error
   except OSError as error:  # requests' ConnectionError is an OSError.
+    if not downloads:
+      raise
     raise FileNotFoundError(no_network.format(
         f", and it failed with {type(error).__name__}")) from error
+  return True
 
 
 def _network_reachable(timeout_s: float = 3.0) -> bool:
