@@ -206,7 +206,7 @@ def test_eval_visits_every_test_example_once_with_padding_masked(data_dir, num_d
   config = make_config(data_dir, eval_batch_size=64)
   batches = list(data.create_eval_iterator(config, num_devices=num_devices))
   assert len(batches) == -(-DIGITS_TEST // 64)
-  assert all(b["mask"].shape == ((64,) if num_devices == 1 else (8, 8)) for b in batches)
+  assert all(b["mask"].shape == (num_devices, 64 // num_devices) for b in batches)
   masks = np.concatenate([b["mask"].reshape(-1) for b in batches])
   assert masks.sum() == DIGITS_TEST
   np.testing.assert_array_equal(masks, np.arange(len(masks)) < DIGITS_TEST)  # Padding last.
