@@ -193,6 +193,8 @@ def benchmark(options: Options) -> dict[str, Any]:
       "pipeline": f"{DATASET} train: decode+crop, flip, resize {options.image_size}, normalise",
       "host_cpu": _host_cpu(),
       "host_cpu_count": os.cpu_count(),
+      # Other work on the host slows the wall-clock figures, not examples_per_cpu_s.
+      "host_load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
       "cores": figures["cores"],
       "examples_per_s": figures["examples_per_s"],
       "examples_per_s_per_core": figures["examples_per_s_per_core"],
