@@ -216,7 +216,8 @@ def output_path(result: dict[str, Any], output: str) -> str:
   if output.endswith(".json"):
     return output
   stamp = re.sub(r"[-:]", "", result["date"])[:15]
-  name = f"input-pipeline_{DATASET}-train_{result['cores']}cores_b{result['batch_size']}_{stamp}.json"
+  name = (f"input-pipeline_{DATASET}-train_{result['cores']}cores_b{result['batch_size']}_"
+          f"{stamp}.json")
   return os.path.join(output or RESULTS_DIR, name)
 
 
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     f.write("\n")
   print(f"{result['pipeline']}: {result['examples_per_s']:,.1f} examples/s on "
         f"{result['cores']} cores = {result['examples_per_s_per_core']:,.1f} per core; "
-        f"{result['examples_per_cpu_s']:,.1f} per CPU-second ({result['host_cpu']}; {options.num_images} JPEGs of {result['mean_jpeg_kb']:.0f} KB "
+        f"{result['examples_per_cpu_s']:,.1f} per CPU-second ({result['host_cpu']}; "
+        f"{options.num_images} JPEGs of {result['mean_jpeg_kb']:.0f} KB "
         f"on average). Wrote {path}.", flush=True)
   return 0
 

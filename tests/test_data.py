@@ -41,15 +41,14 @@ def take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
-def flat_examples(batches, key="image"):
-  """[(bytes of one example, label)] of the real (mask 1) examples, in order."""
+def flat_examples(batches):
+  """[(image bytes, label)] of the real (unmasked) examples of image batches, in order."""
   examples = []
   for batch in batches:
-    xs = batch[key].reshape(-1, *batch[key].shape[-3:]) if key == "image" else \
-        batch[key].reshape(-1, batch[key].shape[-1])
-    labels = batch["label"].reshape(-1) if "label" in batch else [None] * len(xs)
-    mask = batch["mask"].reshape(-1) if "mask" in batch else np.ones(len(xs))
-    examples += [(x.tobytes(), y) for x, y, m in zip(xs, labels, mask) if m]
+    images = batch["image"].reshape(-1, *batch["image"].shape[-3:])
+    labels = batch["label"].reshape(-1)
+    mask = batch["mask"].reshape(-1) if "mask" in batch else np.ones(len(images))
+    examples += [(x.tobytes(), int(y)) for x, y, m in zip(images, labels, mask) if m]
   return examples
 
 
@@ -164,10 +163,9 @@ def test_each_epoch_is_a_new_permutation_of_the_train_split(data_dir):
   for batch in batches:
     batch["image"] = unnormalize(batch["image"])
   epochs = [flat_examples(batches[:7]), flat_examples(batches[7:])]
-  train = collections.Counter(
-      (x, y) for x, y in digits_split_examples(data_dir, "train"))
+  train = collections.Counter(digits_split_examples(data_dir, "train"))
   for epoch in epochs:
-    assert collections.Counter((x, int(y)) for x, y in epoch) == train
+    assert collections.Counter(epoch) == train
   assert [y for _, y in epochs[0]] != [y for _, y in epochs[1]]
 
 
@@ -212,7 +210,7 @@ def test_eval_visits_every_test_example_once_with_padding_masked(data_dir, num_d
   np.testing.assert_array_equal(masks, np.arange(len(masks)) < DIGITS_TEST)  # Padding last.
   for batch in batches:
     batch["image"] = unnormalize(batch["image"])
-  assert collections.Counter((x, int(y)) for x, y in flat_examples(batches)) == \
+  assert collections.Counter(flat_examples(batches)) == \
       collections.Counter(digits_split_examples(data_dir, "test"))
 
 
@@ -257,7 +255,7 @@ def test_two_processes_read_disjoint_parts_that_cover_each_split(data_dir, proce
     evaluation += flat_examples(batches)
   assert num_batches[0] == num_batches[1]  # Lined-up collectives in a multi-host eval.
   for examples, split in ((train, "train"), (evaluation, "test")):
-    assert collections.Counter((x, int(y)) for x, y in examples) == \
+    assert collections.Counter(examples) == \
         collections.Counter(digits_split_examples(data_dir, split))
 
 

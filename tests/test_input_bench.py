@@ -1,4 +1,4 @@
-"""Smoke test of `bench.input_pipeline`: it runs the ImageNet train pipeline and writes complete JSON.
+"""Smoke test of `bench.input_pipeline`: it runs the ImageNet train pipeline, writes full JSON.
 
 Timings never decide pass or fail: only that the figures exist and are positive.
 """
