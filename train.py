@@ -6,6 +6,7 @@ multi-process launcher (Cloud TPU pod, SLURM) or with --coordinator_address,
 `jax.distributed` is initialised first.
 """
 
+import errno
 import os
 import sys
 
@@ -45,22 +46,32 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   del argv
+  count, index = FLAGS.num_processes, FLAGS.process_id
+  if FLAGS.coordinator_address is None and (count, index) != (None, None):
+    sys.exit("error: --num_processes and --process_id need --coordinator_address=HOST:PORT "
+             "(where process 0 listens).")
+  if None not in (count, index) and not 0 <= index < count:
+    sys.exit(f"error: --process_id={index} must be in [0, --num_processes={count}).")
   import jax
 
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif _in_cluster():
     jax.distributed.initialize()
-  if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)
+  if jax.process_index() != 0 and not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # One process's log is enough, unless asked.
 
   from resnet_ln import train
 
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ValueError, OSError, train.CheckpointError, train.NonFiniteError) as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+    message = str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      message += (f" ({e.filename or FLAGS.workdir}): the disk is full. Free some space, then "
+                  "rerun the same command to resume from the newest checkpoint.")
+    logging.error("%s", message)
+    sys.exit(f"error: {message}")
 
 
 if __name__ == "__main__":

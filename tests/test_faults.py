@@ -1,7 +1,13 @@
-"""What a preempted, misconfigured or damaged job meets, run through `train.py` itself."""
+"""What a preempted, misconfigured or damaged job meets, run through `train.py` itself.
 
-import json
+Most tests copy `finished`, the workdir of one uninterrupted run (checkpoints at
+steps 8, 16 and 24), and damage the copy or interrupt a run like it; its final
+parameters are what every resumed run must reach.
+"""
+
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -12,16 +18,20 @@ import jax
 import numpy as np
 import pytest
 
+from configs import default
 from resnet_ln import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.model=cifar_resnet8", "--config.batch_size=32", "--config.schedule=constant",
-        "--config.warmup_epochs=0", "--config.learning_rate=0.05", "--config.num_devices=2"]
+TINY = dict(model="cifar_resnet8", batch_size=32, schedule="constant", warmup_epochs=0.0,
+            learning_rate=0.05, num_devices=2, num_train_steps=24, checkpoint_every_steps=8,
+            log_every_steps=2)
+PARTIAL = ".orbax-checkpoint-tmp"  # How Orbax names a checkpoint that is being written.
 
 
 def train_command(workdir, *overrides):
-  return [sys.executable, os.path.join(REPO, "train.py"), "--config=" + os.path.join(REPO, "configs/default.py"),
-          f"--workdir={workdir}", *TINY, *overrides]
+  return [sys.executable, os.path.join(REPO, "train.py"),
+          "--config=" + os.path.join(REPO, "configs/default.py"), f"--workdir={workdir}",
+          *(f"--config.{key}={value}" for key, value in TINY.items()), *overrides]
 
 
 def run(workdir, *overrides):
@@ -29,99 +39,239 @@ def run(workdir, *overrides):
                         cwd=REPO, timeout=300)
 
 
+def start(workdir, log, *overrides):
+  """train.py in the background, logging to the file `log` (a pipe could fill and block it)."""
+  with open(log, "w") as f:
+    return subprocess.Popen(train_command(workdir, *overrides), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=f)
+
+
+def tiny_config(**overrides):
+  config = default.get_config()
+  config.update(TINY)
+  config.update(overrides)
+  return config
+
+
 def checkpoint_steps(workdir):
-  directory = os.path.join(workdir, "checkpoints")
-  return sorted(int(s) for s in os.listdir(directory) if s.isdigit())
+  """The steps of the complete checkpoints."""
+  return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+
+
+def partial_checkpoints(workdir):
+  return [s for s in os.listdir(os.path.join(workdir, "checkpoints")) if PARTIAL in s]
+
+
+def snapshot(directory):
+  """Every path under `directory`, with each file's size and modification time."""
+  entries = {}
+  for root, dirs, files in os.walk(directory):
+    for name in dirs:
+      entries[os.path.relpath(os.path.join(root, name), directory)] = None
+    for name in files:
+      stat = os.stat(os.path.join(root, name))
+      entries[os.path.relpath(os.path.join(root, name), directory)] = (stat.st_size,
+                                                                      stat.st_mtime_ns)
+  return entries
 
 
 def assert_same_variables(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
 
 
-def test_sigterm_saves_the_current_step_and_the_rerun_finishes_identically(tmp_path):
-  straight, preempted = str(tmp_path / "straight"), str(tmp_path / "preempted")
-  steps = ["--config.num_train_steps=150", "--config.log_every_steps=5",
-           "--config.checkpoint_every_steps=100"]
-  assert run(straight, *steps).returncode == 0
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  result = run(workdir)
+  assert result.returncode == 0, result.stderr
+  assert checkpoint_steps(workdir) == [8, 16, 24]
+  return workdir
 
-  process = subprocess.Popen(train_command(preempted, *steps), cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  metrics = os.path.join(preempted, "metrics.jsonl")
+
+@pytest.fixture
+def copy_of_finished(finished, tmp_path):
+  return shutil.copytree(finished, tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------
+# Interruptions.
+# ----------------------------------------------------------------------------
+def test_sigterm_saves_the_current_step_and_the_rerun_finishes_identically(tmp_path, finished):
+  workdir, log = str(tmp_path / "run"), str(tmp_path / "stderr.txt")
+  process = start(workdir, log)
+  metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 240
-  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-    assert time.time() < deadline and process.poll() is None, process.stderr.read()
-    time.sleep(0.2)
+  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):  # Step 2 is logged.
+    assert time.time() < deadline and process.poll() is None, open(log).read()
+    time.sleep(0.02)
   process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr
-  assert "SIGTERM" in stderr
-  saved = checkpoint_steps(preempted)
-  assert saved and 5 <= saved[-1] < 150, saved
+  assert process.wait(timeout=240) == 0, open(log).read()
+  stopped = re.search(r"Stopping at step (\d+) after SIGTERM", open(log).read())
+  assert stopped, open(log).read()
+  assert checkpoint_steps(workdir)[-1] == int(stopped.group(1)) < 24
 
-  rerun = run(preempted, *steps)
+  rerun = run(workdir)
   assert rerun.returncode == 0, rerun.stderr
-  assert f"Resumed from" in rerun.stderr
-  assert checkpoint_steps(preempted)[-1] == 150
-  assert_same_variables(train.load_variables(straight), train.load_variables(preempted))
+  assert f"at step {stopped.group(1)}." in rerun.stderr
+  assert_same_variables(train.load_variables(finished), train.load_variables(workdir))
 
 
-def test_a_corrupted_latest_checkpoint_is_named_and_the_previous_one_used(tmp_path):
-  workdir = str(tmp_path / "run")
-  steps = ["--config.checkpoint_every_steps=3", "--config.log_every_steps=3"]
-  assert run(workdir, "--config.num_train_steps=6", *steps).returncode == 0
-  assert checkpoint_steps(workdir) == [3, 6]
-  for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "6", "state")):
+def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint_to_resume_from(
+    tmp_path, finished):
+  workdir, log = str(tmp_path / "run"), str(tmp_path / "stderr.txt")
+  overrides = ["--config.checkpoint_every_steps=2"]  # Many saves: many chances to catch one.
+  process = start(workdir, log, *overrides)
+  # Freeze the process while a save is in flight, after an earlier one completed;
+  # kill it if the save is still unfinished, else let it go on to the next save.
+  deadline = time.time() + 240
+  while True:
+    assert time.time() < deadline and process.poll() is None, (
+        "no save was caught in flight:\n" + open(log).read())
+    if os.path.isdir(os.path.join(workdir, "checkpoints")) and partial_checkpoints(workdir) \
+        and checkpoint_steps(workdir):
+      process.send_signal(signal.SIGSTOP)
+      time.sleep(0.1)  # Until it has stopped.
+      if partial_checkpoints(workdir):
+        process.kill()
+        break
+      process.send_signal(signal.SIGCONT)
+    time.sleep(0.005)
+  process.wait(timeout=60)
+  [partial] = partial_checkpoints(workdir)
+  previous = checkpoint_steps(workdir)[-1]
+  assert previous < int(partial.split(".")[0])
+  assert train.load_variables(workdir)["params"]  # The newest complete one reads.
+
+  rerun = run(workdir, *overrides)
+  assert rerun.returncode == 0, rerun.stderr
+  assert f"at step {previous}." in rerun.stderr
+  assert not partial_checkpoints(workdir)  # Saving that step again replaced it.
+  assert_same_variables(train.load_variables(finished), train.load_variables(workdir))
+
+
+# ----------------------------------------------------------------------------
+# Damaged checkpoints and disks.
+# ----------------------------------------------------------------------------
+def test_a_corrupted_latest_checkpoint_is_named_and_the_previous_one_used(copy_of_finished,
+                                                                          finished):
+  workdir = str(copy_of_finished)
+  for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "24", "state")):
     for name in files:
       with open(os.path.join(root, name), "r+b") as f:
         f.truncate(max(os.path.getsize(f.name) // 2 - 1, 0))
 
-  resumed = run(workdir, "--config.num_train_steps=9", *steps)
+  resumed = run(workdir)
   assert resumed.returncode == 0, resumed.stderr
-  assert "checkpoints/6 is unreadable" in resumed.stderr
-  assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "6"))
-  assert "Resumed from" in resumed.stderr and "at step 3" in resumed.stderr
-  straight = str(tmp_path / "straight")
-  assert run(straight, "--config.num_train_steps=9", *steps).returncode == 0
-  assert_same_variables(train.load_variables(straight), train.load_variables(workdir, step=9))
+  assert "checkpoints/24 is unreadable" in resumed.stderr
+  assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "24"))
+  assert "Resumed from" in resumed.stderr and "at step 16." in resumed.stderr
+  assert_same_variables(train.load_variables(finished), train.load_variables(workdir, step=24))
 
 
-def test_no_readable_checkpoint_stops_with_a_message_and_touches_nothing(tmp_path):
-  workdir = str(tmp_path / "run")
-  assert run(workdir, "--config.num_train_steps=3", "--config.checkpoint_every_steps=3").returncode == 0
-  for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "3", "state")):
-    for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"garbage")
-  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  result = run(workdir, "--config.num_train_steps=6")
-  assert result.returncode != 0
+def test_no_readable_checkpoint_stops_with_a_message_and_touches_nothing(copy_of_finished):
+  workdir = str(copy_of_finished)
+  for step in (8, 16, 24):
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", str(step), "state")):
+      for name in files:
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"garbage")
+  before = snapshot(workdir)
+  result = run(workdir, "--config.num_train_steps=32")
+  assert result.returncode == 1
   assert "None of the checkpoints" in result.stderr
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert "Traceback" not in result.stderr
+  assert snapshot(workdir) == before
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["--config.batch_sise=32"], "batch_sise"),
-    (["--config.batch_size=many"], "batch_size"),
-    (["--config.model=resnet9000"], "Unknown model 'resnet9000'"),
-    (["--config.dataset=no_such_dataset"], "no_such_dataset"),
-    (["--config.learning_rate=-1.0"], "config.learning_rate=-1.0"),
-    (["--config.num_devices=64"], "config.num_devices=64"),
-    (["--config.dataset=imagenet2012", "--config.data_dir=/nonexistent/tfds"], "manual"),
+def test_a_full_disk_is_a_clear_error_and_the_last_complete_checkpoint_stays_latest(
+    copy_of_finished):
+  workdir = str(copy_of_finished)
+  # A 256 KiB file-size limit: logs and metrics fit, a checkpoint (~560 KiB of
+  # arrays) does not, so the saves at steps 28 and 32 fail as on a full disk.
+  command = shlex.join(train_command(workdir, "--config.num_train_steps=32",
+                                     "--config.checkpoint_every_steps=4"))
+  result = subprocess.run(["bash", "-c", f"ulimit -f 256 && exec {command}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert result.returncode == 1
+  # Orbax logs the failed write with its traceback; train.py's message comes last.
+  message = result.stderr.strip().splitlines()[-1]
+  assert message.startswith(f"error: No space left to write checkpoint {workdir}/checkpoints/"
+                            "28: the disk is full"), result.stderr[-3000:]
+  assert f"{workdir}/checkpoints/24, is intact" in message
+  assert checkpoint_steps(workdir) == [8, 16, 24] and not partial_checkpoints(workdir)
+
+
+# ----------------------------------------------------------------------------
+# Bad input: one clear message, a non-zero exit code, the workdir as it was.
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("existing_workdir", [False, True], ids=["new", "existing"])
+@pytest.mark.parametrize("arguments, message", [
+    (["--config.batch_sise=32"], "unknown config field in a --config.FIELD override: "
+                                 "'batch_sise'. Did you mean \"batch_size\""),
+    (["--config.batch_size=many"], "--config.batch_size=many"),
+    (["--config.learning_rate=fast"], "--config.learning_rate=fast"),
+    (["--config.augment=sometimes"], "--config.augment=sometimes"),
+    (["--num_processes=2", "--process_id=0"], "need --coordinator_address"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+     "--process_id=2 must be in [0, --num_processes=2)"),
 ])
-def test_bad_command_lines_fail_with_one_clear_message(tmp_path, overrides, message):
+def test_bad_command_lines_fail_with_one_clear_message(tmp_path, finished, existing_workdir,
+                                                       arguments, message):
   workdir = tmp_path / "run"
-  result = run(str(workdir), *overrides)
-  assert result.returncode != 0
+  if existing_workdir:
+    shutil.copytree(finished, workdir)
+  before = snapshot(workdir)
+  result = run(str(workdir), *arguments)
+  assert result.returncode == 1
   assert message in result.stderr
   assert "Traceback" not in result.stderr
-  assert not workdir.exists()
+  assert snapshot(workdir) == before and workdir.exists() == existing_workdir
+
+
+# Config errors in-process: train.py prints the message of each of these
+# ValueErrors and OSErrors as one line and exits with status 1.
+@pytest.mark.parametrize("existing_workdir", [False, True], ids=["new", "existing"])
+@pytest.mark.parametrize("overrides, message", [
+    # Unknown names.
+    (dict(model="resnet9000"), "Unknown model 'resnet9000'"),
+    (dict(dataset="no_such_dataset"), "Unknown dataset 'no_such_dataset'"),
+    (dict(optimizer="adagrad"), "config.optimizer='adagrad' is invalid"),
+    (dict(schedule="linear"), "config.schedule='linear' is invalid"),
+    (dict(parallelism="tpu_magic"), "config.parallelism='tpu_magic' is invalid"),
+    (dict(dtype="float64"), "config.dtype='float64' is invalid"),
+    # Values out of range.
+    (dict(batch_size=-8), "config.batch_size=-8 is invalid"),
+    (dict(batch_size=33), "must both divide by the number of devices"),
+    (dict(eval_batch_size=0), "config.eval_batch_size=0 is invalid"),
+    (dict(learning_rate=-1.0), "config.learning_rate=-1.0 is invalid"),
+    (dict(momentum=1.5), "config.momentum=1.5 is invalid"),
+    (dict(label_smoothing=1.0), "config.label_smoothing=1.0 is invalid"),
+    (dict(num_devices=64), "config.num_devices=64 but only"),
+    (dict(num_train_steps=0, num_epochs=0.0), "config.num_train_steps=0 is invalid"),
+    (dict(max_to_keep=0), "config.max_to_keep=0 is invalid"),
+    (dict(image_size=-3), "config.image_size=-3 is invalid"),
+    (dict(dataset="pydoc_topics", model="char_lm", seq_len=0), "config.seq_len=0 is invalid"),
+    (dict(schedule="piecewise", lr_boundaries=(10,), lr_factors=()), "config.lr_factors=()"),
+    # Data that is not there.
+    (dict(data_dir="{tmp}/no_such_dir"), "no_such_dir' is invalid: no such directory"),
+    (dict(dataset="imagenet2012", data_dir="{tmp}"), "needs a manual download"),
+])
+def test_bad_configs_fail_with_one_clear_message(tmp_path, finished, existing_workdir,
+                                                 overrides, message):
+  workdir = tmp_path / "run"
+  if existing_workdir:
+    shutil.copytree(finished, workdir)
+  before = snapshot(workdir)
+  overrides = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v
+               for k, v in overrides.items()}
+  with pytest.raises((ValueError, OSError), match=re.escape(message)):
+    train.train_and_evaluate(tiny_config(**overrides), str(workdir))
+  assert snapshot(workdir) == before and workdir.exists() == existing_workdir
 
 
 def test_an_unwritable_workdir_is_a_clear_error(tmp_path):
   # A path below a regular file cannot be created, whoever runs the test (root too).
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  result = run(str(blocker / "run"), "--config.num_train_steps=2")
-  assert result.returncode != 0
-  assert "Cannot write to --workdir" in result.stderr
-  assert "Traceback" not in result.stderr
+  with pytest.raises(OSError, match="Cannot write to --workdir"):
+    train.train_and_evaluate(tiny_config(), str(blocker / "run"))

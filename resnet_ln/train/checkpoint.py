@@ -4,17 +4,24 @@ Each checkpoint holds the state (NumPy arrays: one replica, identical on every
 process) and a small JSON record of the config fields that fix the state's
 shapes and the data order, so that resuming with a different model or batch
 size fails with a message instead of a traceback from deep inside Orbax.
-Orbax writes into a temporary directory and renames it when complete, so a
-checkpoint is never half-written; an interrupted save leaves only a temporary
-directory that is ignored.
+Orbax writes into a temporary directory (`STEP.orbax-checkpoint-tmp`) and
+renames it when complete, so a checkpoint is never half-written: a save that
+is killed leaves only a temporary directory, which restoring ignores and the
+next save of that step replaces; a save that fails (a full disk) is reported
+and its temporary directory removed.
 """
 
+import contextlib
+import errno
+import hashlib
 import os
+import re
 import shutil
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -22,6 +29,8 @@ from jax.experimental import multihost_utils
 # Fields that must match between the checkpoint and the config to resume.
 IDENTITY_FIELDS = ("model", "model_kwargs", "dataset", "image_size", "seq_len", "batch_size",
                    "optimizer", "seed")
+# Errors of a write that found no room: a full disk, a quota, a file-size limit.
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class CheckpointError(RuntimeError):
@@ -35,6 +44,32 @@ def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     value = config.get(name)
     fields[name] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
   return fields
+
+
+def is_out_of_space(error: BaseException) -> bool:
+  """Whether `error` (or its cause) is a write that found no room.
+
+  Orbax's array writes fail inside TensorStore, which reports the errno only
+  in its message ("... [os_error_code='28']").
+  """
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
+      return True
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    if code and int(code.group(1)) in OUT_OF_SPACE:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def fingerprint(tree: Any) -> str:
+  """A short hash of the arrays in `tree` (dtypes, shapes and bytes): equal iff bitwise equal."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()[:16]
 
 
 class Checkpointer:
@@ -51,19 +86,29 @@ class Checkpointer:
             max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True,
         ),
     )
-
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    self._saving = None  # The step of the save in flight, if any.
 
   def save(self, step: int, host_state: Any, config: ml_collections.ConfigDict) -> None:
-    """Starts saving `host_state` (NumPy arrays) as step `step`; returns before it is written."""
-    self.manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(host_state), identity=ocp.args.JsonSave(identity(config))
-        ),
-        force=True,
-    )
+    """Starts saving `host_state` (NumPy arrays) as step `step`; returns before it is written.
+
+    Raises:
+      CheckpointError: the previous save failed (e.g. the disk is full), or the
+        processes of a multi-process run hold different states.
+    """
+    state_fingerprint = fingerprint(host_state)
+    logging.info("Saving checkpoint %s (state fingerprint %s).", self._path(step),
+                 state_fingerprint)
+    _check_processes_agree(state_fingerprint, step)
+    # Orbax first waits for the previous save, and raises its error if it failed.
+    with self._reporting_failed_saves(step if self._saving is None else self._saving):
+      self.manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(host_state), identity=ocp.args.JsonSave(identity(config))
+          ),
+          force=True,
+      )
+    self._saving = step
 
   def restore(self, target: Any, config: ml_collections.ConfigDict) -> tuple[Any, int] | None:
     """The newest readable checkpoint's state, shaped like `target`, and its step.
@@ -139,11 +184,66 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def wait(self) -> None:
-    """Blocks until the pending asynchronous save is written."""
-    self.manager.wait_until_finished()
+    """Blocks until the pending asynchronous save is written.
+
+    Raises:
+      CheckpointError: the save failed (e.g. the disk is full).
+    """
+    with self._reporting_failed_saves(self._saving):
+      self.manager.wait_until_finished()
+    self._saving = None
 
   def close(self) -> None:
-    self.manager.close()
+    """Waits for the pending save (see `wait`), then releases Orbax's threads."""
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
+
+  @contextlib.contextmanager
+  def _reporting_failed_saves(self, step: int | None):
+    """Turns the error of step `step`'s save into a CheckpointError that says what to do."""
+    try:
+      yield
+    except Exception as e:  # Any error of Orbax's writers.
+      self._saving = None
+      complete = [int(name) for name in os.listdir(self.directory) if name.isdigit()]
+      kept = (f"The newest complete checkpoint, {self._path(max(complete))}, is intact"
+              if complete else "No checkpoint is complete yet")
+      if not is_out_of_space(e):
+        raise CheckpointError(f"Writing checkpoint {self._path(step)} failed: {e}. {kept}.") from e
+      self._remove_partial_saves()
+      raise CheckpointError(
+          f"No space left to write checkpoint {self._path(step)}: the disk is full (or a quota "
+          f"or file-size limit was reached). {kept}; the partial one was removed. Free some "
+          "space (or lower config.max_to_keep), then rerun the same command to resume."
+      ) from e
+
+  def _remove_partial_saves(self) -> None:
+    """Deletes the temporary directories of failed saves (process 0 deletes)."""
+    if jax.process_index() == 0:
+      for name in os.listdir(self.directory):
+        if ".orbax-checkpoint-tmp" in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+
+def _check_processes_agree(state_fingerprint: str, step: int) -> None:
+  """Raises unless every process holds the state of process 0, which alone writes it.
+
+  Orbax writes NumPy arrays from process 0 only, so a process that has silently
+  diverged (other code, config or data on that host) would go unnoticed.
+  """
+  if jax.process_count() == 1:
+    return
+  mine = np.frombuffer(bytes.fromhex(state_fingerprint), np.uint8)
+  everyone = multihost_utils.process_allgather(mine)
+  differ = [p for p, theirs in enumerate(everyone) if not np.array_equal(theirs, everyone[0])]
+  if differ:
+    raise CheckpointError(
+        f"At step {step} the train state of process(es) {differ} differs from process 0's. "
+        "Every process must run the same code, config and data: compare the hosts' checkouts "
+        "and config flags."
+    )
 
 
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:

@@ -213,10 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
         writer.write(step, "eval", eval_metrics)
   finally:
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
     preemption.restore()
+    writer.close()
+    checkpointer.close()  # Waits for the last save, and raises if it failed.
   return {"step": step, **eval_metrics}
 
 

@@ -3,6 +3,8 @@
 Each failure is one `ConfigError` naming the field, its value and what is allowed.
 """
 
+import os
+
 import ml_collections
 
 from resnet_ln.models import get_model
@@ -45,6 +47,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 "max_to_keep"):
     _require(_is_int(config[field]) and config[field] > 0, field, config[field],
              "must be a positive integer")
+  image_size, seq_len = config.get("image_size"), config.get("seq_len", 1)
+  _require(image_size is None or (_is_int(image_size) and image_size > 0), "image_size",
+           image_size, "must be a positive integer, or None for the dataset's own size")
+  _require(_is_int(seq_len) and seq_len > 0, "seq_len", seq_len, "must be a positive integer")
   for field in ("eval_every_steps", "num_devices", "warmup_steps"):
     _require(_is_int(config[field]) and config[field] >= 0, field, config[field],
              "must be a non-negative integer")
@@ -55,6 +61,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0 <= config.momentum < 1, "momentum", config.momentum, "must be in [0, 1)")
   _require(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing,
            "must be in [0, 1)")
+  data_dir = config.get("data_dir")
+  # A typo here would otherwise make TFDS download the dataset into a new directory.
+  _require(not data_dir or "://" in data_dir or os.path.isdir(data_dir), "data_dir", data_dir,
+           "no such directory (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
   if config.schedule == "piecewise":
     boundaries = config.lr_boundaries_epochs or config.lr_boundaries
     _require(len(boundaries) == len(config.lr_factors), "lr_factors", config.lr_factors,
