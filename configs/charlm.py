@@ -6,7 +6,9 @@ On the embedded `pydoc_topics` text (CPython's documentation topics, offline);
 `--config.dataset=tiny_shakespeare` when TFDS has it. Byte vocabulary, 128
 characters per sequence, Adam with gradient clipping. The paper's comparison is
 the two args at the same settings: the LayerNorm LSTM reaches lower validation
-bits per character in the same number of steps.
+bits per character in the same number of steps (`scripts/paper_claims.py lnlstm`:
+after 600 steps, 1.71 against 2.29 bits per character; 3 to 5 steps/s on 2 CPU
+cores).
 """
 
 import ml_collections
