@@ -1,0 +1,159 @@
+"""Multi-host training, simulated by two local processes of 4 CPU devices each.
+
+The processes find each other through `jax.distributed` (a coordinator on a
+loopback port) and run their collectives over Gloo, JAX's CPU implementation,
+exactly as hosts of a pod do over the network. The reference is this pytest
+process, a 1-process run on 8 CPU devices (see conftest.py).
+
+Process p of P reads its own part of the train split, so the global batches
+of a 2-process run are not those of a 1-process run; `two_process_batches`
+feeds the 1-process reference the same global batches (both processes' streams
+side by side), which makes any difference the fault of the collectives, the
+state handling or the checkpoints.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from unittest import mock
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from resnet_ln import data, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_PROCESSES = 2
+STEPS = 12
+TINY = dict(model="cifar_resnet8", batch_size=32, num_train_steps=STEPS, log_every_steps=3,
+            checkpoint_every_steps=6, schedule="constant", warmup_epochs=0.0,
+            learning_rate=0.05)
+FINGERPRINT = re.compile(r"Saving checkpoint \S+/(\d+) \(state fingerprint (\w+)\)")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def train_on_two_processes(workdir, parallelism):
+  """Runs train.py as processes 0 and 1 of one job; returns their stderr texts.
+
+  Process 1 runs with umask 077, so every file it creates is private to its
+  owner: that is how the test tells which process wrote what.
+  """
+  command = [sys.executable, os.path.join(REPO, "train.py"),
+             "--config=" + os.path.join(REPO, "configs/default.py"), f"--workdir={workdir}",
+             *(f"--config.{k}={v}" for k, v in TINY.items()),
+             f"--config.parallelism={parallelism}", "--verbosity=0",
+             f"--coordinator_address=127.0.0.1:{free_port()}",
+             f"--num_processes={NUM_PROCESSES}"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  logs = [open(os.path.join(os.path.dirname(workdir), f"process{p}.log"), "w+")
+          for p in range(NUM_PROCESSES)]
+  processes = [subprocess.Popen(command + [f"--process_id={p}"], env=env, cwd=REPO,
+                                stdout=logs[p], stderr=subprocess.STDOUT,
+                                umask=0o022 if p == 0 else 0o077)
+               for p in range(NUM_PROCESSES)]
+  try:
+    codes = [process.wait(timeout=420) for process in processes]
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  texts = []
+  for log in logs:
+    log.seek(0)
+    texts.append(log.read())
+    log.close()
+  for p, (code, text) in enumerate(zip(codes, texts)):
+    assert code == 0, f"process {p} exited with {code}:\n{text[-5000:]}"
+  return texts
+
+
+def two_process_batches(create_train_iterator):
+  """A `create_train_iterator` whose global batches are those of 2 processes.
+
+  Each process's stream is a function of (config, process index, process
+  count); both are made here, with jax told it is that process, and joined
+  along the leading axis: devices 0-3 get process 0's examples, devices 4-7
+  process 1's, as in the 2-process run.
+  """
+  def create(config, *, start_step=0, layout="pmap", num_devices=None):
+    streams = []
+    for index in range(NUM_PROCESSES):
+      with mock.patch.object(jax, "process_index", return_value=index), \
+          mock.patch.object(jax, "process_count", return_value=NUM_PROCESSES):
+        streams.append(create_train_iterator(config, start_step=start_step, layout=layout,
+                                             num_devices=num_devices // NUM_PROCESSES))
+    return ({key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+            for parts in zip(*streams))
+
+  return create
+
+
+def tiny_config(**overrides):
+  config = default.get_config()
+  config.update(TINY)
+  config.update(overrides)
+  return config
+
+
+def assert_close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
+
+
+def files_under(directory):
+  return {os.path.relpath(os.path.join(root, name), directory): os.stat(os.path.join(root, name))
+          for root, dirs, files in os.walk(directory) for name in dirs + files}
+
+
+@pytest.mark.parametrize("parallelism", ["pmap", "shard_map"])
+def test_two_processes_train_as_one_and_share_one_checkpoint(tmp_path, monkeypatch,
+                                                             parallelism):
+  workdir = str(tmp_path / "two_processes")
+  logs = train_on_two_processes(workdir, parallelism)
+
+  # Both processes saved checkpoints 6 and 12 from bitwise identical states.
+  saved = [dict(FINGERPRINT.findall(log)) for log in logs]
+  assert set(saved[0]) == {"6", "12"}, logs[0][-3000:]
+  assert saved[0] == saved[1]
+
+  # Only process 0 wrote logs and metrics; process 1's files are checkpoint files.
+  files = files_under(workdir)
+  private = {name for name, stat in files.items() if not stat.st_mode & 0o077}
+  assert all(name.startswith("checkpoints") for name in private), private
+  assert {"config.json", "metrics.jsonl", "tensorboard"} <= set(files)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records if r["split"] == "train"] == [3, 6, 9, 12]
+  # Eval counted each of the 355 digits test images once, across both processes.
+  [final_eval] = [r for r in records if r["split"] == "eval"]
+  assert final_eval["examples"] == 355
+
+  # One process on 8 devices, fed the same global batches, computes the same
+  # first 6 steps from the same seed...
+  monkeypatch.setattr(data, "create_train_iterator",
+                      two_process_batches(data.create_train_iterator))
+  reference = str(tmp_path / "one_process")
+  train.train_and_evaluate(tiny_config(parallelism=parallelism, num_train_steps=6), reference)
+  assert_close(train.load_variables(reference), train.load_variables(workdir, step=6))
+
+  # ...and resumes from the checkpoint the two processes wrote together, to
+  # the same parameters as they reached at step 12.
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(os.path.join(resumed, "checkpoints", str(STEPS)))
+  result = train.train_and_evaluate(tiny_config(parallelism=parallelism), resumed)
+  assert result["step"] == STEPS and result["examples"] == 355
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    assert [json.loads(line)["step"] for line in f][len(records):] == [9, 12, 12]
+  assert_close(train.load_variables(resumed), train.load_variables(workdir))
