@@ -3,7 +3,8 @@
 The processes find each other through `jax.distributed` (a coordinator on a
 loopback port) and run their collectives over Gloo, JAX's CPU implementation,
 exactly as hosts of a pod do over the network. The reference is this pytest
-process, a 1-process run on 8 CPU devices (see conftest.py).
+process, a 1-process run on 8 CPU devices (see conftest.py). The pmap run is
+also preempted on one host, and resumed by both.
 
 Process p of P reads its own part of the train split, so the global batches
 of a 2-process run are not those of a 1-process run; `two_process_batches`
@@ -16,9 +17,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from unittest import mock
 
 import jax
@@ -43,11 +46,15 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def train_on_two_processes(workdir, parallelism):
-  """Runs train.py as processes 0 and 1 of one job; returns their stderr texts.
+def train_on_two_processes(workdir, parallelism, preempt_process_1=False):
+  """Runs train.py as processes 0 and 1 of one job; returns their logs so far.
 
   Process 1 runs with umask 077, so every file it creates is private to its
   owner: that is how the test tells which process wrote what.
+
+  Args:
+    preempt_process_1: send SIGTERM to process 1 alone once step 3 is logged,
+      as when one host of a pod is preempted.
   """
   command = [sys.executable, os.path.join(REPO, "train.py"),
              "--config=" + os.path.join(REPO, "configs/default.py"), f"--workdir={workdir}",
@@ -57,13 +64,19 @@ def train_on_two_processes(workdir, parallelism):
              f"--num_processes={NUM_PROCESSES}"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
-  logs = [open(os.path.join(os.path.dirname(workdir), f"process{p}.log"), "w+")
+  logs = [open(os.path.join(os.path.dirname(workdir), f"process{p}.log"), "a+")
           for p in range(NUM_PROCESSES)]
   processes = [subprocess.Popen(command + [f"--process_id={p}"], env=env, cwd=REPO,
                                 stdout=logs[p], stderr=subprocess.STDOUT,
                                 umask=0o022 if p == 0 else 0o077)
                for p in range(NUM_PROCESSES)]
   try:
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    while preempt_process_1 and not (os.path.exists(metrics) and os.path.getsize(metrics)):
+      assert all(process.poll() is None for process in processes)
+      time.sleep(0.02)
+    if preempt_process_1:
+      processes[1].send_signal(signal.SIGTERM)
     codes = [process.wait(timeout=420) for process in processes]
   finally:
     for process in processes:
@@ -120,11 +133,20 @@ def files_under(directory):
 def test_two_processes_train_as_one_and_share_one_checkpoint(tmp_path, monkeypatch,
                                                              parallelism):
   workdir = str(tmp_path / "two_processes")
-  logs = train_on_two_processes(workdir, parallelism)
+  if parallelism == "pmap":  # The preemption logic does not depend on the parallelism.
+    logs = train_on_two_processes(workdir, parallelism, preempt_process_1=True)
+    # Both processes agreed to stop at the same step, with a checkpoint there...
+    stops = {re.search(r"Stopping at step (\d+) after SIGTERM", log).group(1) for log in logs}
+    assert len(stops) == 1 and int(min(stops)) < STEPS, stops
+    # ...and the rerun of both resumes from it.
+    logs = train_on_two_processes(workdir, parallelism)
+    assert f"at step {stops.pop()}." in logs[0]
+  else:
+    logs = train_on_two_processes(workdir, parallelism)
 
-  # Both processes saved checkpoints 6 and 12 from bitwise identical states.
+  # Both processes saved each checkpoint from bitwise identical states.
   saved = [dict(FINGERPRINT.findall(log)) for log in logs]
-  assert set(saved[0]) == {"6", "12"}, logs[0][-3000:]
+  assert {"6", "12"} <= set(saved[0]), logs[0][-3000:]
   assert saved[0] == saved[1]
 
   # Only process 0 wrote logs and metrics; process 1's files are checkpoint files.
@@ -151,7 +173,9 @@ def test_two_processes_train_as_one_and_share_one_checkpoint(tmp_path, monkeypat
   # the same parameters as they reached at step 12.
   resumed = str(tmp_path / "resumed")
   shutil.copytree(workdir, resumed)
-  shutil.rmtree(os.path.join(resumed, "checkpoints", str(STEPS)))
+  for step in saved[0]:
+    if int(step) > 6:
+      shutil.rmtree(os.path.join(resumed, "checkpoints", step))
   result = train.train_and_evaluate(tiny_config(parallelism=parallelism), resumed)
   assert result["step"] == STEPS and result["examples"] == 355
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
