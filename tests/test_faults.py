@@ -275,3 +275,10 @@ def test_an_unwritable_workdir_is_a_clear_error(tmp_path):
   blocker.write_text("")
   with pytest.raises(OSError, match="Cannot write to --workdir"):
     train.train_and_evaluate(tiny_config(), str(blocker / "run"))
+
+
+def test_a_bucket_url_as_workdir_is_a_clear_error(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # Where os.makedirs would put a directory named "gs:".
+  with pytest.raises(OSError, match="URLs are not supported.*mount the bucket"):
+    train.train_and_evaluate(tiny_config(), "gs://bucket/run")
+  assert not os.listdir(tmp_path)

@@ -46,8 +46,8 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def train_on_two_processes(workdir, parallelism, preempt_process_1=False):
-  """Runs train.py as processes 0 and 1 of one job; returns their logs so far.
+def run_two_processes(workdirs, parallelism="pmap", preempt_process_1=False):
+  """Runs train.py as processes 0 and 1 of one job, in workdirs[0] and [1].
 
   Process 1 runs with umask 077, so every file it creates is private to its
   owner: that is how the test tells which process wrote what.
@@ -55,23 +55,25 @@ def train_on_two_processes(workdir, parallelism, preempt_process_1=False):
   Args:
     preempt_process_1: send SIGTERM to process 1 alone once step 3 is logged,
       as when one host of a pod is preempted.
+
+  Returns:
+    Each process's exit code and log (all its runs so far).
   """
-  command = [sys.executable, os.path.join(REPO, "train.py"),
-             "--config=" + os.path.join(REPO, "configs/default.py"), f"--workdir={workdir}",
-             *(f"--config.{k}={v}" for k, v in TINY.items()),
-             f"--config.parallelism={parallelism}", "--verbosity=0",
-             f"--coordinator_address=127.0.0.1:{free_port()}",
-             f"--num_processes={NUM_PROCESSES}"]
+  port = free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
-  logs = [open(os.path.join(os.path.dirname(workdir), f"process{p}.log"), "a+")
+  logs = [open(os.path.join(os.path.dirname(workdirs[p]), f"process{p}.log"), "a+")
           for p in range(NUM_PROCESSES)]
-  processes = [subprocess.Popen(command + [f"--process_id={p}"], env=env, cwd=REPO,
-                                stdout=logs[p], stderr=subprocess.STDOUT,
-                                umask=0o022 if p == 0 else 0o077)
-               for p in range(NUM_PROCESSES)]
+  processes = [subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "train.py"),
+       "--config=" + os.path.join(REPO, "configs/default.py"), f"--workdir={workdirs[p]}",
+       *(f"--config.{k}={v}" for k, v in TINY.items()), f"--config.parallelism={parallelism}",
+       "--verbosity=0", f"--coordinator_address=127.0.0.1:{port}",
+       f"--num_processes={NUM_PROCESSES}", f"--process_id={p}"],
+      env=env, cwd=REPO, stdout=logs[p], stderr=subprocess.STDOUT,
+      umask=0o022 if p == 0 else 0o077) for p in range(NUM_PROCESSES)]
   try:
-    metrics = os.path.join(workdir, "metrics.jsonl")
+    metrics = os.path.join(workdirs[0], "metrics.jsonl")
     while preempt_process_1 and not (os.path.exists(metrics) and os.path.getsize(metrics)):
       assert all(process.poll() is None for process in processes)
       time.sleep(0.02)
@@ -87,9 +89,15 @@ def train_on_two_processes(workdir, parallelism, preempt_process_1=False):
     log.seek(0)
     texts.append(log.read())
     log.close()
-  for p, (code, text) in enumerate(zip(codes, texts)):
-    assert code == 0, f"process {p} exited with {code}:\n{text[-5000:]}"
-  return texts
+  return codes, texts
+
+
+def train_on_two_processes(workdir, parallelism, preempt_process_1=False):
+  """Both processes in `workdir`; returns their logs after checking that both succeeded."""
+  codes, logs = run_two_processes([workdir] * NUM_PROCESSES, parallelism, preempt_process_1)
+  for p, (code, log) in enumerate(zip(codes, logs)):
+    assert code == 0, f"process {p} exited with {code}:\n{log[-5000:]}"
+  return logs
 
 
 def two_process_batches(create_train_iterator):
@@ -181,3 +189,15 @@ def test_two_processes_train_as_one_and_share_one_checkpoint(tmp_path, monkeypat
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
     assert [json.loads(line)["step"] for line in f][len(records):] == [9, 12, 12]
   assert_close(train.load_variables(resumed), train.load_variables(workdir))
+
+
+def test_a_workdir_that_the_processes_do_not_share_is_a_clear_error(tmp_path):
+  # As when each host of a pod is given a directory on its own local disk.
+  workdirs = [str(tmp_path / f"host{p}" / "run") for p in range(NUM_PROCESSES)]
+  for workdir in workdirs:
+    os.makedirs(os.path.dirname(workdir))
+  codes, logs = run_two_processes(workdirs)
+  assert codes == [1, 1]
+  for log in logs:
+    assert "is not one directory shared by all processes" in log.strip().splitlines()[-1]
+    assert "Traceback" not in log

@@ -71,18 +71,51 @@ def initial_state(config, model, info, tx) -> TrainState:
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails early, with the reason, when `workdir` cannot be created or written."""
+  """Fails early, with the reason, when `workdir` cannot be created or written.
+
+  In a multi-process run it must also be one directory that every process
+  sees: the processes write checkpoints jointly, and all read them to resume.
+  """
+  if "://" in workdir:
+    raise OSError(f"--workdir={workdir}: URLs are not supported (metrics are plain files); "
+                  "mount the bucket (e.g. with gcsfuse) and pass the mount point.")
+  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+  error = None
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
     with open(probe, "w") as f:
       f.write("ok")
-    os.remove(probe)
   except OSError as e:
-    raise OSError(
-        f"Cannot write to --workdir={workdir} ({e.strerror}). Choose a writable directory "
-        "with free space."
-    ) from None
+    error = (f"Cannot write to --workdir={workdir} ({e.strerror}). Choose a writable directory "
+             "with free space.")
+  if jax.process_count() > 1:
+    error = _shared_workdir_error(workdir, error)
+  if os.path.exists(probe):
+    os.remove(probe)
+  if error:
+    raise OSError(error)
+
+
+def _shared_workdir_error(workdir: str, error: str | None, timeout_s: float = 10.0) -> str | None:
+  """The error of any process, or the processes that do not see every process's probe file.
+
+  A collective: every process calls it, so that all fail together.
+  """
+  wrote = multihost_utils.process_allgather(np.int32(error is None))
+  if not wrote.all():
+    return error or (f"Process(es) {np.flatnonzero(wrote == 0).tolist()} cannot write to "
+                     f"--workdir={workdir}; see their logs.")
+  probes = [os.path.join(workdir, f".write_test_{p}") for p in range(jax.process_count())]
+  deadline = time.time() + timeout_s  # Network file systems may show new files late.
+  while not (sees_all := all(map(os.path.exists, probes))) and time.time() < deadline:
+    time.sleep(0.5)
+  seen = multihost_utils.process_allgather(np.int32(sees_all))
+  if not seen.all():
+    return (f"--workdir={workdir} is not one directory shared by all processes: process(es) "
+            f"{np.flatnonzero(seen == 0).tolist()} do not see the files that the others write "
+            "there. Put it on storage that every host mounts at that path (NFS, Filestore, a "
+            "gcsfuse bucket).")
+  return None
 
 
 def training_length(config, info) -> tuple[int, int]:
