@@ -1,9 +1,10 @@
 """Trains a resnet_ln model: `python train.py --config=configs/default.py --workdir=DIR`.
 
 Any config field can be overridden: `--config.batch_size=512`. Rerunning the
-same command on the same workdir resumes from its latest checkpoint. Under a
-multi-process launcher (Cloud TPU pod, SLURM) or with --coordinator_address,
-`jax.distributed` is initialised first.
+same command on the same workdir resumes from its latest checkpoint. With
+--distributed (Cloud TPU pods, SLURM, Open MPI: detected by JAX), under SLURM or
+Open MPI with several tasks, or with --coordinator_address, `jax.distributed`
+is initialised first.
 """
 
 import errno
@@ -22,12 +23,17 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py or
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_bool("distributed", None,
+                  "Initialise jax.distributed with the cluster settings JAX detects (Cloud TPU "
+                  "pods, SLURM, Open MPI, Kubernetes). Default: when the environment shows a "
+                  "multi-process launch (srun, mpirun, GKE TPU); --nodistributed: never.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _in_cluster() -> bool:
   """Whether a launcher that jax.distributed can read started several processes."""
   return (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+          or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
           or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
           or "JAX_COORDINATOR_ADDRESS" in os.environ)
 
@@ -56,8 +62,13 @@ def main(argv):
 
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif _in_cluster():
+  elif FLAGS.distributed or (FLAGS.distributed is None and _in_cluster()):
     jax.distributed.initialize()
+  if jax.process_count() > 1 and not jax.distributed.is_initialized():
+    # E.g. a Cloud TPU pod, whose runtime joins the hosts by itself: Orbax's
+    # checkpoints would then wait forever for the other hosts.
+    sys.exit(f"error: this is one of {jax.process_count()} processes, but jax.distributed is "
+             "not initialised: add --distributed.")
   if jax.process_index() != 0 and not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # One process's log is enough, unless asked.
 
