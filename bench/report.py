@@ -77,7 +77,7 @@ def _cudnn_cell(result: dict[str, Any]) -> str:
     return "skipped" if "skipped" in reference else "error"
   tokens = reference["train"]["tokens_per_s"]["median"]
   ours = result["train"]["tokens_per_s"]["median"]
-  # The target is in time per token: ours / cuDNN's, lower is better.
+  # Time per token, ours / cuDNN's: lower is better.
   return f"{tokens:,.0f} tok/s (our time/token {tokens / ours:.2f}x)"
 
 

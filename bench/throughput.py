@@ -61,7 +61,7 @@ def _import_optimizer_lib() -> types.ModuleType:
   """`resnet_ln.train.optimizer`, also where ml_collections is not installed.
 
   optimizer.py imports ml_collections only for its type hints. Where it is
-  missing (GPU images without TensorFlow) a stand-in is registered while that one
+  missing (installs without TensorFlow) a stand-in is registered while that one
   module imports, then removed, so that nothing else in the process can mistake
   it for the real package.
   """

@@ -32,6 +32,7 @@ def get_config(arg: str = "resnet20") -> ml_collections.ConfigDict:
   config.optimizer = "sgd"
   config.nesterov = False
   config.weight_decay = 1e-4
+  config.weight_decay_all = True  # The paper decays every parameter, norms and biases too.
   config.num_train_steps = 64_000
   config.schedule = "piecewise"
   config.warmup_epochs = 0.0

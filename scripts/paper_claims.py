@@ -7,8 +7,8 @@
 seed and steps, LayerNorm or not) on `pydoc_topics` and plots validation bits
 per character against steps. `degradation` trains CIFAR-style ResNet-20/56 and
 plain-20/56 on `digits` with the paper's initialisation (no zero-initialised
-residual branches) and plots the training error: the plain net gets worse with
-depth, the residual net better.
+residual branches) and plots the training error: the plain net degrades with
+depth, the residual net of equal depth does not.
 
 Each run trains in its own `--workdir/NAME` (rerunning resumes, or just
 re-evaluates a finished run); the plot goes to `--plot` (default: docs/) and

@@ -9,6 +9,7 @@ import pytest
 
 from configs import default
 from resnet_ln import train
+from resnet_ln.train import trainer
 
 
 def tiny_config(**overrides):
@@ -141,6 +142,20 @@ def test_bfloat16_and_float16_training_keep_float32_parameters(tmp_path):
     assert np.isfinite(result["loss"])
     params = final_params(workdir)["params"]
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
+
+
+def test_float16_overflow_skips_the_update_and_halves_the_loss_scale(tmp_path, monkeypatch):
+  # A loss scale of 2^40 overflows float16 gradients at once: the first steps are
+  # skipped, each halving the scale, instead of stopping the run.
+  monkeypatch.setattr(trainer, "INITIAL_LOSS_SCALE", 2.0**40)
+  workdir = str(tmp_path)
+  result = train.train_and_evaluate(tiny_config(dtype="float16", num_train_steps=3), workdir)
+  assert result["step"] == 3
+  records = read_metrics(workdir)
+  assert sum(r.get("skipped_steps", 0) for r in records) == 3
+  assert all(np.isfinite(r.get("loss", 0.0)) for r in records)
+  params = final_params(workdir)["params"]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
 def test_char_lm_trains_and_reports_bits_per_char(tmp_path):

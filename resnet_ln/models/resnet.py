@@ -25,6 +25,7 @@ ModuleDef = Any
 Dtype = Any
 
 SHORTCUTS = ('A', 'B', 'C')
+STEMS = ('imagenet', 'cifar')
 NORMS = ('batch', 'layer', 'group', None)
 
 
@@ -155,10 +156,10 @@ class ResNet(nn.Module):
       or None (no normalisation; the convs get biases).
     num_groups: groups of the 'group' norm; must divide every stage's channels.
     zero_init_residual: start each residual branch's last norm scale at zero so
-      every block starts as the identity (Goyal et al. 2017); set False for
+      every block starts as relu(shortcut) (Goyal et al. 2017); set False for
       paper-faithful runs. Without a norm it has no effect.
-    axis_name: the pmap axis over which BatchNorm averages its statistics
-      (None: per-device statistics).
+    axis_name: the data-parallel axis (pmap or shard_map) over which BatchNorm
+      averages its statistics (None: per-device statistics).
     dtype: computation dtype, e.g. jnp.bfloat16; logits are always float32.
     param_dtype: parameter storage dtype.
   """
@@ -178,6 +179,13 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self):
+    # Checked when the model is built, not when it is first traced.
+    for field, allowed in (('shortcut', SHORTCUTS), ('stem', STEMS), ('norm', NORMS)):
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}.")
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """Classifies images.
@@ -190,8 +198,6 @@ class ResNet(nn.Module):
     Returns:
       float32 logits, [batch, num_classes].
     """
-    if self.shortcut not in SHORTCUTS:
-      raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}.")
     conv = functools.partial(
         nn.Conv,
         use_bias=self.norm is None,
@@ -205,11 +211,9 @@ class ResNet(nn.Module):
       x = conv(self.num_filters, (7, 7), 2, padding=3, name='stem_conv')(x)
       x = nn.relu(norm(name='stem_norm')(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    elif self.stem == 'cifar':
+    else:  # 'cifar'
       x = conv(self.num_filters, (3, 3), padding=1, name='stem_conv')(x)
       x = nn.relu(norm(name='stem_norm')(x))
-    else:
-      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
 
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
@@ -241,9 +245,7 @@ class ResNet(nn.Module):
       return functools.partial(nn.LayerNorm, **common)
     if self.norm == 'group':
       return functools.partial(nn.GroupNorm, num_groups=self.num_groups, **common)
-    if self.norm is None:
-      return _no_norm
-    raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}.")
+    return _no_norm  # norm=None
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

@@ -14,6 +14,7 @@ and its temporary directory removed.
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -73,7 +74,7 @@ def fingerprint(tree: Any) -> str:
 
 
 class Checkpointer:
-  """Saves every `checkpoint_every_steps`, keeps `max_to_keep`, restores the newest good one."""
+  """Saves the state when asked, keeps `max_to_keep`, restores the newest readable one."""
 
   def __init__(self, workdir: str, max_to_keep: int, asynchronous: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -155,7 +156,8 @@ class Checkpointer:
     )
 
   def _check_identity(self, saved: dict[str, Any], config: ml_collections.ConfigDict, step: int):
-    current = identity(config)
+    # Through JSON, as saved: tuples in the config (stage sizes, boundaries) become lists.
+    current = json.loads(json.dumps(identity(config)))
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {current[k]!r}"
              for k in IDENTITY_FIELDS if saved.get(k) != current[k]]
     if diffs:
@@ -258,11 +260,13 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
   """
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {directory}: train first, or check --workdir.")
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-  manager.close()
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {directory}: train first, or check --workdir.")
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  finally:
+    manager.close()
   variables = {"params": state["params"]}
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]

@@ -69,11 +69,12 @@ class Task:
 
   def summarize(self, sums: dict[str, float]) -> dict[str, float]:
     """Means from sums (and bits per character for language models)."""
-    count = max(float(sums["count"]), 1.0)
-    out = {k: float(v) / count for k, v in sums.items() if k not in ("count", "nonfinite")}
-    if self.name == "language_modeling":
+    count = float(sums.get("count", 0.0))  # 0 when every step of a window was skipped.
+    out = {k: float(v) / max(count, 1.0) for k, v in sums.items()
+           if k not in ("count", "nonfinite")}
+    if self.name == "language_modeling" and "loss" in out:
       out["bits_per_char"] = out["loss"] / math.log(2)
-    out["examples" if self.name == "classification" else "tokens"] = float(sums["count"])
+    out["examples" if self.name == "classification" else "tokens"] = count
     return out
 
 

@@ -232,7 +232,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           preemption.agreed()
       should_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
       if step % config.log_every_steps == 0 or is_last or should_save:
-        _fetch(pending, window, parallel, step, config.skip_nonfinite, last_saved)
+        # float16's dynamic loss scaling skips (and halves the scale on) overflowing steps.
+        _fetch(pending, window, parallel, step,
+               config.skip_nonfinite or config.dtype == "float16", last_saved)
         pending = []
       if step % config.log_every_steps == 0 or is_last:
         _log_train(writer, window, step, num_train_steps, schedule, config, num_devices, task)
@@ -265,8 +267,12 @@ def _fetch(pending, window, parallel, step, skip_nonfinite, last_saved) -> None:
           "learning rate, add gradient clipping (config.grad_clip_norm), or set "
           "config.skip_nonfinite=True to skip such updates."
       )
+    if metrics["nonfinite"]:  # A skipped update: counted, its inf/NaN metrics left out.
+      window["sums"]["nonfinite"] = window["sums"].get("nonfinite", 0.0) + 1.0
+      continue
     for name, value in metrics.items():
-      window["sums"][name] = window["sums"].get(name, 0.0) + float(value)
+      if name != "nonfinite":
+        window["sums"][name] = window["sums"].get(name, 0.0) + float(value)
   window["steps"] += len(fetched)
 
 
