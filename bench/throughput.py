@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import importlib
 import importlib.metadata
 import json
 import os
@@ -41,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -53,36 +51,13 @@ from resnet_ln.models import get_model
 from resnet_ln.models import list_models
 from resnet_ln.train import parallel as parallel_lib
 from resnet_ln.train import state as state_lib
+from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import steps
+from resnet_ln.train.steps import DTYPES, INITIAL_LOSS_SCALE
 from resnet_ln.train import tasks
 
 
-def _import_optimizer_lib() -> types.ModuleType:
-  """`resnet_ln.train.optimizer`, also where ml_collections is not installed.
-
-  optimizer.py imports ml_collections only for its type hints. Where it is
-  missing (installs without TensorFlow) a stand-in is registered while that one
-  module imports, then removed, so that nothing else in the process can mistake
-  it for the real package.
-  """
-  try:
-    importlib.import_module("ml_collections")
-  except ModuleNotFoundError:
-    stand_in = types.ModuleType("ml_collections")
-    stand_in.ConfigDict = dict
-    sys.modules["ml_collections"] = stand_in
-    try:
-      return importlib.import_module("resnet_ln.train.optimizer")
-    finally:
-      del sys.modules["ml_collections"]
-  return importlib.import_module("resnet_ln.train.optimizer")
-
-
-optimizer_lib = _import_optimizer_lib()
-
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-INITIAL_LOSS_SCALE = 2.0**15  # trainer.INITIAL_LOSS_SCALE (trainer.py imports TensorFlow).
 VOCAB_SIZE = 256  # Bytes, as the character datasets.
 SEQUENCE_CLASSES = 10
 NUM_BATCHES = 4  # Distinct device batches used in rotation.

@@ -9,7 +9,7 @@ import pytest
 
 from configs import default
 from resnet_ln import train
-from resnet_ln.train import trainer
+from resnet_ln.train import steps
 
 
 def tiny_config(**overrides):
@@ -147,7 +147,7 @@ def test_bfloat16_and_float16_training_keep_float32_parameters(tmp_path):
 def test_float16_overflow_skips_the_update_and_halves_the_loss_scale(tmp_path, monkeypatch):
   # A loss scale of 2^40 overflows float16 gradients at once: the first steps are
   # skipped, each halving the scale, instead of stopping the run.
-  monkeypatch.setattr(trainer, "INITIAL_LOSS_SCALE", 2.0**40)
+  monkeypatch.setattr(steps, "INITIAL_LOSS_SCALE", 2.0**40)
   workdir = str(tmp_path)
   result = train.train_and_evaluate(tiny_config(dtype="float16", num_train_steps=3), workdir)
   assert result["step"] == 3

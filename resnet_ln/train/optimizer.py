@@ -1,10 +1,14 @@
 """Optimisers and learning-rate schedules from the config (optax)."""
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 import optax
+
+if TYPE_CHECKING:  # Only for the hints: the benchmark imports this without ml_collections.
+  import ml_collections
 
 SCHEDULES = ("constant", "piecewise", "step", "cosine")
 OPTIMIZERS = ("sgd", "adamw")

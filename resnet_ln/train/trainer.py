@@ -30,8 +30,6 @@ from resnet_ln.train.state import TrainState, create_train_state
 from resnet_ln.train.tasks import Task, get_task
 from resnet_ln.train.validation import ConfigError, model_error, validate_config
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-INITIAL_LOSS_SCALE = 2.0**15
 
 
 class NonFiniteError(FloatingPointError):
@@ -46,7 +44,7 @@ def create_model(config: ml_collections.ConfigDict, info: "data.DatasetInfo"):
   kwargs = dict(config.model_kwargs)
   kwargs["num_classes" if info.task == "classification" else "vocab_size"] = info.num_classes
   try:
-    model = get_model(config.model, dtype=DTYPES[config.dtype], **kwargs)
+    model = get_model(config.model, dtype=steps.DTYPES[config.dtype], **kwargs)
   except (TypeError, ValueError) as e:
     raise model_error(config, e) from None
   if hasattr(model, "axis_name"):
@@ -63,7 +61,7 @@ def initial_state(config, model, info, tx) -> TrainState:
   @jax.jit
   def init():
     variables = model.init(init_rng, dummy, train=False)
-    loss_scale = INITIAL_LOSS_SCALE if config.dtype == "float16" else 1.0
+    loss_scale = steps.INITIAL_LOSS_SCALE if config.dtype == "float16" else 1.0
     return create_train_state(train_rng, variables["params"], variables.get("batch_stats", {}),
                               tx, loss_scale)
 
@@ -132,6 +130,9 @@ def evaluate(p_eval_step, state, config, parallel, task: Task) -> dict[str, floa
                                       num_devices=len(parallel.devices))
   sums = [p_eval_step(state, batch) for batch in data.prefetch_to_device(
       batches, 2, parallel.batch_sharding, devices=parallel.devices)]
+  if not sums:
+    raise ConfigError(f"config.eval_split={config.get('eval_split')!r}: the eval split of "
+                      f"{config.dataset!r} is empty; choose a split that has examples.")
   sums = [parallel.unreplicate_metrics(s) for s in jax.device_get(sums)]
   totals = {k: float(np.sum([s[k] for s in sums])) for k in sums[0]}
   return task.summarize(totals)

@@ -9,9 +9,10 @@ import ml_collections
 
 from resnet_ln.models import get_model
 from resnet_ln.train.optimizer import OPTIMIZERS, SCHEDULES
+from resnet_ln.train import steps
 from resnet_ln.train.parallel import PARALLELISMS
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(steps.DTYPES)
 
 
 class ConfigError(ValueError):
