@@ -24,9 +24,9 @@ from resnet_ln.models.registry import register_model_family
 ModuleDef = Any
 Dtype = Any
 
-SHORTCUTS = ('A', 'B', 'C')
-STEMS = ('imagenet', 'cifar')
-NORMS = ('batch', 'layer', 'group', None)
+SHORTCUTS = ("A", "B", "C")
+STEMS = ("imagenet", "cifar")
+NORMS = ("batch", "layer", "group", None)
 
 
 def _shortcut(block: nn.Module, x: jax.Array, filters: int) -> jax.Array:
@@ -36,9 +36,9 @@ def _shortcut(block: nn.Module, x: jax.Array, filters: int) -> jax.Array:
   with a 1x1 conv + norm only where the shape changes, 'C' projects everywhere.
   """
   changes_shape = block.strides != 1 or x.shape[-1] != filters
-  if block.shortcut == 'C' or (block.shortcut == 'B' and changes_shape):
-    x = block.conv(filters, (1, 1), block.strides, padding=0, name='proj_conv')(x)
-    return block.norm(name='proj_norm')(x)
+  if block.shortcut == "C" or (block.shortcut == "B" and changes_shape):
+    x = block.conv(filters, (1, 1), block.strides, padding=0, name="proj_conv")(x)
+    return block.norm(name="proj_norm")(x)
   x = x[:, :: block.strides, :: block.strides, :]
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, filters - x.shape[-1])))
 
@@ -76,7 +76,7 @@ class BasicBlock(nn.Module):
   norm: ModuleDef
   act: Callable
   strides: int = 1
-  shortcut: str = 'B'
+  shortcut: str = "B"
   residual: bool = True
   zero_init_residual: bool = True
   stride_on_3x3: bool = True
@@ -84,10 +84,10 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [batch, height, width, channels] -> [batch, height/strides, width/strides, filters]."""
-    y = self.conv(self.filters, (3, 3), self.strides, padding=1, name='conv1')(x)
-    y = self.act(self.norm(name='norm1')(y))
-    y = self.conv(self.filters, (3, 3), padding=1, name='conv2')(y)
-    y = self.norm(scale_init=_last_scale_init(self), name='norm2')(y)
+    y = self.conv(self.filters, (3, 3), self.strides, padding=1, name="conv1")(x)
+    y = self.act(self.norm(name="norm1")(y))
+    y = self.conv(self.filters, (3, 3), padding=1, name="conv2")(y)
+    y = self.norm(scale_init=_last_scale_init(self), name="norm2")(y)
     if self.residual:
       y = y + _shortcut(self, x, self.filters)
     return self.act(y)
@@ -114,7 +114,7 @@ class BottleneckBlock(nn.Module):
   norm: ModuleDef
   act: Callable
   strides: int = 1
-  shortcut: str = 'B'
+  shortcut: str = "B"
   residual: bool = True
   zero_init_residual: bool = True
   stride_on_3x3: bool = True
@@ -123,12 +123,12 @@ class BottleneckBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [batch, height, width, channels] -> [batch, height/strides, width/strides, 4 * filters]."""
     strides_1x1, strides_3x3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
-    y = self.conv(self.filters, (1, 1), strides_1x1, padding=0, name='conv1')(x)
-    y = self.act(self.norm(name='norm1')(y))
-    y = self.conv(self.filters, (3, 3), strides_3x3, padding=1, name='conv2')(y)
-    y = self.act(self.norm(name='norm2')(y))
-    y = self.conv(4 * self.filters, (1, 1), padding=0, name='conv3')(y)
-    y = self.norm(scale_init=_last_scale_init(self), name='norm3')(y)
+    y = self.conv(self.filters, (1, 1), strides_1x1, padding=0, name="conv1")(x)
+    y = self.act(self.norm(name="norm1")(y))
+    y = self.conv(self.filters, (3, 3), strides_3x3, padding=1, name="conv2")(y)
+    y = self.act(self.norm(name="norm2")(y))
+    y = self.conv(4 * self.filters, (1, 1), padding=0, name="conv3")(y)
+    y = self.norm(scale_init=_last_scale_init(self), name="norm3")(y)
     if self.residual:
       y = y + _shortcut(self, x, 4 * self.filters)
     return self.act(y)
@@ -168,11 +168,11 @@ class ResNet(nn.Module):
   block_cls: ModuleDef
   num_classes: int = 1000
   num_filters: int = 64
-  stem: str = 'imagenet'
-  shortcut: str = 'B'
+  stem: str = "imagenet"
+  shortcut: str = "B"
   residual: bool = True
   stride_on_3x3: bool = True
-  norm: str | None = 'batch'
+  norm: str | None = "batch"
   num_groups: int = 32
   zero_init_residual: bool = True
   axis_name: str | None = None
@@ -181,7 +181,7 @@ class ResNet(nn.Module):
 
   def __post_init__(self):
     # Checked when the model is built, not when it is first traced.
-    for field, allowed in (('shortcut', SHORTCUTS), ('stem', STEMS), ('norm', NORMS)):
+    for field, allowed in (("shortcut", SHORTCUTS), ("stem", STEMS), ("norm", NORMS)):
       if getattr(self, field) not in allowed:
         raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}.")
     super().__post_init__()
@@ -201,19 +201,19 @@ class ResNet(nn.Module):
     conv = functools.partial(
         nn.Conv,
         use_bias=self.norm is None,
-        kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
+        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
         dtype=self.dtype,
         param_dtype=self.param_dtype,
     )
     norm = self._norm_def(train)
 
-    if self.stem == 'imagenet':
-      x = conv(self.num_filters, (7, 7), 2, padding=3, name='stem_conv')(x)
-      x = nn.relu(norm(name='stem_norm')(x))
+    if self.stem == "imagenet":
+      x = conv(self.num_filters, (7, 7), 2, padding=3, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_norm")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:  # 'cifar'
-      x = conv(self.num_filters, (3, 3), padding=1, name='stem_conv')(x)
-      x = nn.relu(norm(name='stem_norm')(x))
+      x = conv(self.num_filters, (3, 3), padding=1, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_norm")(x))
 
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
@@ -227,23 +227,23 @@ class ResNet(nn.Module):
             residual=self.residual,
             zero_init_residual=self.zero_init_residual,
             stride_on_3x3=self.stride_on_3x3,
-            name=f'stage{i + 1}_block{j}',
+            name=f"stage{i + 1}_block{j}",
         )(x)
 
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
     return jnp.asarray(x, jnp.float32)
 
   def _norm_def(self, train: bool) -> ModuleDef:
     """The norm constructor every layer shares, as chosen by `self.norm`."""
     common = dict(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
-    if self.norm == 'batch':
+    if self.norm == "batch":
       return functools.partial(
           nn.BatchNorm, use_running_average=not train, momentum=0.9,
           axis_name=self.axis_name, **common)
-    if self.norm == 'layer':
+    if self.norm == "layer":
       return functools.partial(nn.LayerNorm, **common)
-    if self.norm == 'group':
+    if self.norm == "group":
       return functools.partial(nn.GroupNorm, num_groups=self.num_groups, **common)
     return _no_norm  # norm=None
 
@@ -258,7 +258,7 @@ Plain34 = functools.partial(ResNet34, residual=False)
 
 
 def CifarResNet(
-    depth: int, *, num_classes: int = 10, shortcut: str = 'A', num_groups: int = 8, **kwargs
+    depth: int, *, num_classes: int = 10, shortcut: str = "A", num_groups: int = 8, **kwargs
 ) -> ResNet:
   """The CIFAR-10 ResNet of the paper's section 4.2, for 32x32 images.
 
@@ -283,17 +283,17 @@ def CifarResNet(
   n = (depth - 2) // 6
   return ResNet(
       stage_sizes=(n, n, n), block_cls=BasicBlock, num_classes=num_classes, num_filters=16,
-      stem='cifar', shortcut=shortcut, num_groups=num_groups, **kwargs)
+      stem="cifar", shortcut=shortcut, num_groups=num_groups, **kwargs)
 
 
 CifarPlain = functools.partial(CifarResNet, residual=False)
 
-register_model('resnet18')(ResNet18)
-register_model('resnet34')(ResNet34)
-register_model('resnet50')(ResNet50)
-register_model('resnet101')(ResNet101)
-register_model('resnet152')(ResNet152)
-register_model('plain18')(Plain18)
-register_model('plain34')(Plain34)
-register_model_family('cifar_resnet', listed=(20, 32, 44, 56, 110, 1202))(CifarResNet)
-register_model_family('cifar_plain', listed=(20, 32, 44, 56, 110))(CifarPlain)
+register_model("resnet18")(ResNet18)
+register_model("resnet34")(ResNet34)
+register_model("resnet50")(ResNet50)
+register_model("resnet101")(ResNet101)
+register_model("resnet152")(ResNet152)
+register_model("plain18")(Plain18)
+register_model("plain34")(Plain34)
+register_model_family("cifar_resnet", listed=(20, 32, 44, 56, 110, 1202))(CifarResNet)
+register_model_family("cifar_plain", listed=(20, 32, 44, 56, 110))(CifarPlain)

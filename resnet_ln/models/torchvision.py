@@ -19,28 +19,28 @@ import numpy as np
 from resnet_ln.models import resnet
 
 _MODELS = {
-    'resnet18': resnet.ResNet18,
-    'resnet34': resnet.ResNet34,
-    'resnet50': resnet.ResNet50,
-    'resnet101': resnet.ResNet101,
-    'resnet152': resnet.ResNet152,
+    "resnet18": resnet.ResNet18,
+    "resnet34": resnet.ResNet34,
+    "resnet50": resnet.ResNet50,
+    "resnet101": resnet.ResNet101,
+    "resnet152": resnet.ResNet152,
 }
-_MODULES = {'stem_conv': 'conv1', 'stem_norm': 'bn1', 'head': 'fc',
-            'proj_conv': 'downsample.0', 'proj_norm': 'downsample.1'}
-_LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
-           'mean': 'running_mean', 'var': 'running_var'}
+_MODULES = {"stem_conv": "conv1", "stem_norm": "bn1", "head": "fc",
+            "proj_conv": "downsample.0", "proj_norm": "downsample.1"}
+_LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias",
+           "mean": "running_mean", "var": "running_var"}
 
 
 def _torch_key(path: tuple[str, ...]) -> str:
   """('stage2_block0', 'proj_norm', 'mean') -> 'layer2.0.downsample.1.running_mean'."""
   parts = []
   for name in path[:-1]:
-    block = re.fullmatch(r'stage(\d+)_block(\d+)', name)
+    block = re.fullmatch(r"stage(\d+)_block(\d+)", name)
     if block:
-      parts.append(f'layer{block[1]}.{block[2]}')
+      parts.append(f"layer{block[1]}.{block[2]}")
     else:
-      parts.append(_MODULES.get(name, re.sub(r'^norm', 'bn', name)))
-  return '.'.join(parts + [_LEAVES[path[-1]]])
+      parts.append(_MODULES.get(name, re.sub(r"^norm", "bn", name)))
+  return ".".join(parts + [_LEAVES[path[-1]]])
 
 
 def _to_flax(value: np.ndarray) -> np.ndarray:
@@ -75,9 +75,9 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]
   """
   if name not in _MODELS:
     raise ValueError(f"No torchvision ResNet named {name!r}; known: {', '.join(_MODELS)}.")
-  if 'fc.weight' not in state_dict:
+  if "fc.weight" not in state_dict:
     raise ValueError(f"state_dict for {name} is missing key 'fc.weight'.")
-  model = _MODELS[name](num_classes=np.shape(state_dict['fc.weight'])[0])
+  model = _MODELS[name](num_classes=np.shape(state_dict["fc.weight"])[0])
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
 
@@ -87,7 +87,7 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]
   if missing:
     raise ValueError(f"state_dict for {name} is missing keys: {', '.join(missing)}.")
   unexpected = sorted(
-      k for k in set(state_dict) - set(keys.values()) if not k.endswith('num_batches_tracked'))
+      k for k in set(state_dict) - set(keys.values()) if not k.endswith("num_batches_tracked"))
   if unexpected:
     raise ValueError(f"state_dict for {name} has unexpected keys: {', '.join(unexpected)}.")
 
