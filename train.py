@@ -8,6 +8,7 @@ is initialised first.
 """
 
 import errno
+import logging as std_logging
 import os
 import sys
 
@@ -50,6 +51,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: unknown config field in a --config.FIELD override: {reason}")
 
 
+def _quiet_libraries() -> None:
+  """Keeps the INFO lines of JAX, Orbax and TFDS (a dozen per checkpoint) out of the log.
+
+  Their warnings and errors still show, and --verbosity=0 brings everything back.
+  """
+  noisy = tuple(os.sep + name + os.sep for name in ("jax", "orbax", "tensorflow_datasets"))
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= std_logging.WARNING
+      or not any(name in record.pathname for name in noisy))
+
+
 def main(argv):
   del argv
   count, index = FLAGS.num_processes, FLAGS.process_id
@@ -71,6 +83,8 @@ def main(argv):
              "not initialised: add --distributed.")
   if jax.process_index() != 0 and not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # One process's log is enough, unless asked.
+  if not FLAGS["verbosity"].present:
+    _quiet_libraries()
 
   from resnet_ln import train
 
