@@ -19,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py or configs/NAME.py:ARG).",
+config_flags.DEFINE_config_file("config", None,
+                                "Config file (configs/NAME.py or configs/NAME.py:ARG).",
                                 lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")

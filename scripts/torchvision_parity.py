@@ -53,7 +53,8 @@ def main() -> int:
   for name in args.models:
     error = relative_error(name, args.image_size, args.batch, args.seed)
     worst = max(worst, error)
-    print(f"{name}: relative error {error:.2e} at {args.image_size}x{args.image_size}, batch {args.batch}")
+    print(f"{name}: relative error {error:.2e} at {args.image_size}x{args.image_size}, "
+          f"batch {args.batch}")
   return 0 if worst < args.tolerance else 1
 
 

@@ -121,7 +121,8 @@ class BottleneckBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [batch, height, width, channels] -> [batch, height/strides, width/strides, 4 * filters]."""
+    """x: [batch, height, width, channels] -> [batch, height/strides, width/strides,
+    4 * filters]."""
     strides_1x1, strides_3x3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
     y = self.conv(self.filters, (1, 1), strides_1x1, padding=0, name="conv1")(x)
     y = self.act(self.norm(name="norm1")(y))

@@ -1,8 +1,9 @@
 """Loads torchvision ResNet weights (a `state_dict`) into this package's ResNets.
 
-    state_dict = {k: v.numpy() for k, v in torchvision.models.resnet50(weights=...).state_dict().items()}
-    variables = from_torchvision('resnet50', state_dict)
-    logits = get_model('resnet50').apply(variables, images_nhwc, train=False)
+    torch_model = torchvision.models.resnet50(weights=...)
+    state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    variables = from_torchvision("resnet50", state_dict)
+    logits = get_model("resnet50").apply(variables, images_nhwc, train=False)
 
 Images must be normalised as torchvision's were (ImageNet mean and std) and laid
 out NHWC. No torch import: the values only need to be array-like.

@@ -56,25 +56,25 @@ class PmapParallelism(Parallelism):
   def __init__(self, devices: list[jax.Device]):
     self.devices = devices
 
-  def train_fn(self, fn):
+  def train_fn(self, fn: Callable) -> Callable:
     return jax.pmap(fn, axis_name=AXIS, devices=self._all_devices(), donate_argnums=(0,))
 
-  def eval_fn(self, fn):
+  def eval_fn(self, fn: Callable) -> Callable:
     return jax.pmap(fn, axis_name=AXIS, devices=self._all_devices())
 
-  def _all_devices(self):
+  def _all_devices(self) -> list[jax.Device]:
     # pmap over a device subset needs the subset named on every process.
     return None if self.devices == jax.local_devices() else self.devices
 
-  def put_state(self, host_state):
+  def put_state(self, host_state: Any) -> Any:
     return flax.jax_utils.replicate(host_state, self.devices)
 
-  def get_state(self, state):
+  def get_state(self, state: Any) -> Any:
     # Device 0's replica only: fetching x[0] would copy every replica to the host.
     return jax.device_get(jax.tree.map(
         lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), state))
 
-  def unreplicate_metrics(self, metrics):
+  def unreplicate_metrics(self, metrics: Any) -> Any:
     return jax.tree.map(lambda x: x[0], metrics)
 
 
@@ -89,7 +89,7 @@ class ShardMapParallelism(Parallelism):
     self.batch_sharding = NamedSharding(self.mesh, P(AXIS))
     self.replicated = NamedSharding(self.mesh, P())
 
-  def _shard_map(self, fn, out_specs):
+  def _shard_map(self, fn: Callable, out_specs: Any) -> Callable:
     # check_vma=False keeps pmap's semantics for the shared step function: with
     # it on, differentiating w.r.t. the replicated params already sums the
     # gradient over devices, and the step's own pmean would then be applied on
@@ -97,20 +97,20 @@ class ShardMapParallelism(Parallelism):
     return jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=out_specs,
                          check_vma=False)
 
-  def train_fn(self, fn):
+  def train_fn(self, fn: Callable) -> Callable:
     return jax.jit(self._shard_map(fn, (P(), P())), donate_argnums=(0,))
 
-  def eval_fn(self, fn):
+  def eval_fn(self, fn: Callable) -> Callable:
     return jax.jit(self._shard_map(fn, P()))
 
-  def put_state(self, host_state):
+  def put_state(self, host_state: Any) -> Any:
     def put(x):
       x = np.asarray(x)
       return jax.make_array_from_callback(x.shape, self.replicated, lambda index: x[index])
 
     return jax.tree.map(put, host_state)
 
-  def get_state(self, state):
+  def get_state(self, state: Any) -> Any:
     return jax.device_get(state)
 
 

@@ -5,6 +5,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import optax
 
 
 @flax.struct.dataclass
@@ -32,7 +33,8 @@ class TrainState:
   skipped_steps: jax.Array
 
 
-def create_train_state(rng: jax.Array, params: Any, batch_stats: Any, tx, loss_scale: float) -> TrainState:
+def create_train_state(rng: jax.Array, params: Any, batch_stats: Any,
+                       tx: optax.GradientTransformation, loss_scale: float) -> TrainState:
   """A fresh state at step 0."""
   return TrainState(
       step=jnp.zeros((), jnp.int32),

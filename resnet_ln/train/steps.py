@@ -119,6 +119,7 @@ def eval_step(
   Args:
     batch: this device's examples, with `mask: [per_device_batch]` (0 = padding).
   """
-  logits = model.apply(_variables(state.params, state.batch_stats), batch[task.input_key], train=False)
+  logits = model.apply(_variables(state.params, state.batch_stats), batch[task.input_key],
+                       train=False)
   sums = task.metric_sums(logits, batch[task.label_key], batch["mask"])
   return jax.lax.psum(sums, axis_name)

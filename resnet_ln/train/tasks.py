@@ -45,7 +45,8 @@ class Task:
       targets = optax.smooth_labels(targets, self.label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
 
-  def metric_sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  def metric_sums(self, logits: jax.Array, labels: jax.Array,
+                  mask: jax.Array) -> dict[str, jax.Array]:
     """Sums over the unmasked examples (tokens): loss, accuracy, top-5, count.
 
     Args:

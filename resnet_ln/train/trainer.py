@@ -10,12 +10,14 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -39,7 +41,7 @@ class NonFiniteError(FloatingPointError):
 # ----------------------------------------------------------------------------
 # Building blocks.
 # ----------------------------------------------------------------------------
-def create_model(config: ml_collections.ConfigDict, info: "data.DatasetInfo"):
+def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> nn.Module:
   """The registered model for the dataset's task, with the data axis for BatchNorm."""
   kwargs = dict(config.model_kwargs)
   kwargs["num_classes" if info.task == "classification" else "vocab_size"] = info.num_classes
@@ -52,7 +54,8 @@ def create_model(config: ml_collections.ConfigDict, info: "data.DatasetInfo"):
   return model
 
 
-def initial_state(config, model, info, tx) -> TrainState:
+def initial_state(config: ml_collections.ConfigDict, model: nn.Module, info: data.DatasetInfo,
+                  tx: optax.GradientTransformation) -> TrainState:
   """A fresh state as NumPy arrays (identical on every process: same seed)."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   input_dtype = jnp.float32 if info.task == "classification" else jnp.int32
@@ -116,7 +119,7 @@ def _shared_workdir_error(workdir: str, error: str | None, timeout_s: float = 10
   return None
 
 
-def training_length(config, info) -> tuple[int, int]:
+def training_length(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> tuple[int, int]:
   """(steps per epoch, total train steps) for the global batch size."""
   steps_per_epoch = max(info.num_train // config.batch_size, 1)
   if config.num_train_steps > 0:
@@ -124,7 +127,8 @@ def training_length(config, info) -> tuple[int, int]:
   return steps_per_epoch, int(round(config.num_epochs * steps_per_epoch))
 
 
-def evaluate(p_eval_step, state, config, parallel, task: Task) -> dict[str, float]:
+def evaluate(p_eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
+             parallel: parallel_lib.Parallelism, task: Task) -> dict[str, float]:
   """Metrics over the whole eval split (every example once, padding masked out)."""
   batches = data.create_eval_iterator(config, layout=parallel.layout,
                                       num_devices=len(parallel.devices))
