@@ -26,19 +26,19 @@ per-core figure to get the host cores that keep it fed. Writes one JSON file
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from bench import host
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DATASET = "imagenet2012"
@@ -148,33 +148,6 @@ def measure(options: Options) -> dict[str, Any]:
   }
 
 
-def _host_cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-  try:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return out.stdout.strip() or None
-
-
-def _version(package: str) -> str | None:
-  try:
-    return importlib.metadata.version(package)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
 def command(options: Options, cores: int) -> str:
   """The command line that reruns this measurement, every size spelled out."""
   flags = ["--cores", str(cores)]
@@ -191,10 +164,10 @@ def benchmark(options: Options) -> dict[str, Any]:
       "benchmark": "input_pipeline",
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "pipeline": f"{DATASET} train: decode+crop, flip, resize {options.image_size}, normalise",
-      "host_cpu": _host_cpu(),
+      "host_cpu": host.cpu_model(),
       "host_cpu_count": os.cpu_count(),
       # Other work on the host slows the wall-clock figures, not examples_per_cpu_s.
-      "host_load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+      "host_load_avg_1m": host.load_average(),
       "cores": figures["cores"],
       "examples_per_s": figures["examples_per_s"],
       "examples_per_s_per_core": figures["examples_per_s_per_core"],
@@ -203,8 +176,9 @@ def benchmark(options: Options) -> dict[str, Any]:
       "num_images": options.num_images,
       "mean_jpeg_kb": figures["mean_jpeg_kb"],
       "timed_batches": options.windows * options.batches,
-      "tensorflow_version": _version("tensorflow") or _version("tensorflow-cpu"),
-      "git_commit": _git_commit(),
+      "tensorflow_version": (host.package_version("tensorflow")
+                             or host.package_version("tensorflow-cpu")),
+      "git_commit": host.git_commit(),
       "python_version": platform.python_version(),
       "command": command(options, figures["cores"]),
       "examples_per_s_windows": figures["examples_per_s_windows"],

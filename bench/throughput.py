@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import importlib.metadata
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bench import host
 import resnet_ln
 from resnet_ln.models import get_model
 from resnet_ln.models import list_models
@@ -459,33 +459,6 @@ def peak_bytes_in_use(devices: list[jax.Device]) -> int | None:
   return int(max(peaks)) if peaks else None
 
 
-def _host_cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-  try:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return out.stdout.strip() or None
-
-
-def _version(package: str) -> str | None:
-  try:
-    return importlib.metadata.version(package)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
 def environment(devices: list[jax.Device]) -> dict[str, Any]:
   """Where the figures come from: devices, versions, flags."""
   return {
@@ -493,18 +466,18 @@ def environment(devices: list[jax.Device]) -> dict[str, Any]:
       "device_kind": devices[0].device_kind,
       "device_name": str(devices[0]),
       "num_devices": len(devices),
-      "host_cpu": _host_cpu(),
+      "host_cpu": host.cpu_model(),
       "host_cpu_count": os.cpu_count(),
       "jax_version": jax.__version__,
-      "jaxlib_version": _version("jaxlib"),
-      "flax_version": _version("flax"),
-      "optax_version": _version("optax"),
+      "jaxlib_version": host.package_version("jaxlib"),
+      "flax_version": host.package_version("flax"),
+      "optax_version": host.package_version("optax"),
       "package_version": resnet_ln.__version__,
-      "git_commit": _git_commit(),
+      "git_commit": host.git_commit(),
       "python_version": platform.python_version(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # Other jobs on the host slow a CPU run: the 1-minute load average at the start.
-      "host_load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+      "host_load_avg_1m": host.load_average(),
   }
 
 
