@@ -210,9 +210,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
+  dynamic_loss_scale = config.dtype == "float16"
+  # Steps whose update the step function drops when the gradient is not finite:
+  # float16's loss scaling does so (halving the scale) on every overflow.
+  skips_nonfinite = config.skip_nonfinite or dynamic_loss_scale
   p_train_step = parallel.train_fn(functools.partial(
       steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
-      dynamic_loss_scale=config.dtype == "float16", skip_nonfinite=config.skip_nonfinite))
+      dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite))
   p_eval_step = parallel.eval_fn(functools.partial(
       steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
   train_iter = data.prefetch_to_device(
@@ -237,9 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           preemption.agreed()
       should_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
       if step % config.log_every_steps == 0 or is_last or should_save:
-        # float16's dynamic loss scaling skips (and halves the scale on) overflowing steps.
-        _fetch(pending, window, parallel, step,
-               config.skip_nonfinite or config.dtype == "float16", last_saved)
+        _fetch(pending, window, parallel, step, skips_nonfinite, last_saved)
         pending = []
       if step % config.log_every_steps == 0 or is_last:
         _log_train(writer, window, step, num_train_steps, schedule, config, num_devices, task)
