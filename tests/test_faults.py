@@ -242,6 +242,7 @@ def test_bad_command_lines_fail_with_one_clear_message(tmp_path, finished, exist
     # Values out of range.
     (dict(batch_size=-8), "config.batch_size=-8 is invalid"),
     (dict(batch_size=33), "must both divide by the number of devices"),
+    (dict(batch_size=30, num_devices=8), "must both divide by the number of devices"),
     (dict(eval_batch_size=0), "config.eval_batch_size=0 is invalid"),
     (dict(learning_rate=-1.0), "config.learning_rate=-1.0 is invalid"),
     (dict(momentum=1.5), "config.momentum=1.5 is invalid"),
@@ -249,6 +250,7 @@ def test_bad_command_lines_fail_with_one_clear_message(tmp_path, finished, exist
     (dict(num_devices=64), "config.num_devices=64 but only"),
     (dict(num_train_steps=0, num_epochs=0.0), "config.num_train_steps=0 is invalid"),
     (dict(max_to_keep=0), "config.max_to_keep=0 is invalid"),
+    (dict(log_every_steps=0), "config.log_every_steps=0 is invalid"),
     (dict(image_size=-3), "config.image_size=-3 is invalid"),
     (dict(dataset="pydoc_topics", model="char_lm", seq_len=0), "config.seq_len=0 is invalid"),
     (dict(schedule="piecewise", lr_boundaries=(10,), lr_factors=()), "config.lr_factors=()"),
