@@ -20,12 +20,16 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: no display needed.
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # For `configs`, when run as a script from anywhere.
 
 from configs import charlm  # noqa: E402
 from configs import default  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def lnlstm_runs(steps: int) -> dict:
@@ -63,10 +67,6 @@ def read_metrics(workdir: str, split: str) -> dict[int, dict]:
 
 
 def plot_lnlstm(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for name, color in (("charlm_lnlstm", "C0"), ("charlm_lstm", "C3")):
     label = "LN-LSTM" if name.endswith("lnlstm") else "LSTM"
@@ -85,10 +85,6 @@ def plot_lnlstm(results: dict, path: str) -> None:
 
 
 def plot_degradation(results: dict, path: str) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   for ax, kind in zip(axes, ("plain", "resnet")):
     for depth, style in ((20, "--"), (56, "-")):
