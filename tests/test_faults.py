@@ -194,8 +194,11 @@ def test_a_full_disk_is_a_clear_error_and_the_last_complete_checkpoint_stays_lat
   result = subprocess.run(["bash", "-c", f"ulimit -f 64 && exec {command}"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 1
-  # Orbax logs the failed write with its traceback; train.py's message comes last.
-  message = result.stderr.strip().splitlines()[-1]
+  # Orbax logs the failed write, and its background writers may log more of it
+  # at exit, after train.py's message: find that one message among the lines.
+  messages = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(messages) == 1, result.stderr[-3000:]
+  message, = messages
   assert message.startswith(f"error: No space left to write checkpoint {workdir}/checkpoints/"
                             "28: the disk is full"), result.stderr[-3000:]
   assert f"{workdir}/checkpoints/24, is intact" in message
@@ -245,6 +248,7 @@ def test_bad_command_lines_fail_with_one_clear_message(tmp_path, finished, exist
     (dict(batch_size=33), "must both divide by the number of devices"),
     (dict(batch_size=30, num_devices=8), "must both divide by the number of devices"),
     (dict(eval_batch_size=0), "config.eval_batch_size=0 is invalid"),
+    (dict(seed=-1), "config.seed=-1 is invalid"),
     (dict(learning_rate=-1.0), "config.learning_rate=-1.0 is invalid"),
     (dict(momentum=1.5), "config.momentum=1.5 is invalid"),
     (dict(label_smoothing=1.0), "config.label_smoothing=1.0 is invalid"),

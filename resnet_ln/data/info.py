@@ -12,6 +12,7 @@ from resnet_ln.data import sources
 _SYNTHETIC_IMAGES = (1_281_167, 50_000)
 _SYNTHETIC_CHARACTERS = (1_003_854, 55_770)
 _DEFAULT_IMAGENET_SIZE = 224
+MAX_SEED = 2**24  # config.seed is in [0, MAX_SEED): the input pipelines derive int64 seeds.
 
 
 @dataclasses.dataclass(frozen=True)

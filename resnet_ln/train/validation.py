@@ -7,6 +7,7 @@ import os
 
 import ml_collections
 
+from resnet_ln.data.info import MAX_SEED
 from resnet_ln.models import get_model
 from resnet_ln.train.optimizer import OPTIMIZERS, SCHEDULES
 from resnet_ln.train import steps
@@ -52,6 +53,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(image_size is None or (_is_int(image_size) and image_size > 0), "image_size",
            image_size, "must be a positive integer, or None for the dataset's own size")
   _require(_is_int(seq_len) and seq_len > 0, "seq_len", seq_len, "must be a positive integer")
+  _require(_is_int(config.seed) and 0 <= config.seed < MAX_SEED, "seed", config.seed,
+           f"must be an integer in [0, {MAX_SEED})")
   for field in ("eval_every_steps", "num_devices", "warmup_steps"):
     _require(_is_int(config[field]) and config[field] >= 0, field, config[field],
              "must be a non-negative integer")
