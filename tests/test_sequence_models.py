@@ -1,13 +1,15 @@
-"""CharLM and SequenceClassifier: shapes, dtypes, registry, variable lengths, dropout."""
+"""CharLM and SequenceClassifier: shapes, registry, LayerNorm options, lengths, dropout."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from resnet_ln.models import CharLM
+from resnet_ln.models import LSTM
 from resnet_ln.models import SequenceClassifier
 from resnet_ln.models import get_model
 
@@ -94,6 +96,34 @@ def test_layer_norm_false_gives_plain_lstm_baseline(name, kwargs, inputs):
 
 CLASSIFIER = SequenceClassifier(num_classes=3, features=8)
 SEQUENCES = jax.random.normal(jax.random.key(2), (3, 6, 4))
+
+
+LN_OPTIONS = dict(per_gate=True, normalize_carried_cell=True, epsilon=1e-2)
+
+
+def test_char_lm_passes_the_layer_norm_options_to_its_lstm():
+  model = CharLM(vocab_size=11, embed_dim=4, features=8, **LN_OPTIONS)
+  params = _random_params(model, TOKENS)
+  x = nn.Embed(11, 4).apply({"params": params["Embed_0"]}, TOKENS)
+  x, _ = LSTM(8, num_layers=2, **LN_OPTIONS).apply({"params": params["LSTM_0"]}, x)
+  expected = nn.Dense(11).apply({"params": params["Dense_0"]}, x)
+  logits = _apply(model)({"params": params}, TOKENS)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+  default = CharLM(vocab_size=11, embed_dim=4, features=8)
+  assert np.abs(np.asarray(logits - _apply(default)({"params": params}, TOKENS))).max() > 1e-3
+
+
+def test_classifier_passes_the_layer_norm_options_to_its_lstm():
+  model = SequenceClassifier(num_classes=3, features=8, **LN_OPTIONS)
+  params = _random_params(model, SEQUENCES)
+  _, carries = LSTM(8, **LN_OPTIONS).apply({"params": params["LSTM_0"]}, SEQUENCES)
+  expected = nn.Dense(3).apply({"params": params["Dense_0"]}, carries[-1][1])
+  logits = _apply(model)({"params": params}, SEQUENCES)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+  default = SequenceClassifier(num_classes=3, features=8)
+  assert np.abs(np.asarray(logits - _apply(default)({"params": params}, SEQUENCES))).max() > 1e-3
+
+
 
 
 def test_classifier_reads_images_row_by_row():

@@ -26,6 +26,7 @@ class CharLM(nn.Module):
       output projection (train only).
     recurrent_dropout_rate: dropout on h before W_h, one mask per sequence.
     unroll: scan unroll factor.
+    per_gate, normalize_carried_cell, epsilon: see `LayerNormLSTMCell`.
     dtype: compute dtype (logits are returned in float32).
     param_dtype: parameter storage dtype.
   """
@@ -38,6 +39,9 @@ class CharLM(nn.Module):
   dropout_rate: float = 0.0
   recurrent_dropout_rate: float = 0.0
   unroll: int = 1
+  per_gate: bool = False
+  normalize_carried_cell: bool = False
+  epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -63,6 +67,9 @@ class CharLM(nn.Module):
         dropout_rate=self.dropout_rate,
         recurrent_dropout_rate=self.recurrent_dropout_rate,
         unroll=self.unroll,
+        per_gate=self.per_gate,
+        normalize_carried_cell=self.normalize_carried_cell,
+        epsilon=self.epsilon,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
     )(x, train=train)
@@ -88,6 +95,7 @@ class SequenceClassifier(nn.Module):
     dropout_rate: dropout between layers and before the classifier (train only).
     recurrent_dropout_rate: dropout on h before W_h, one mask per sequence.
     unroll: scan unroll factor.
+    per_gate, normalize_carried_cell, epsilon: see `LayerNormLSTMCell`.
     dtype: compute dtype (logits are returned in float32).
     param_dtype: parameter storage dtype.
   """
@@ -100,6 +108,9 @@ class SequenceClassifier(nn.Module):
   dropout_rate: float = 0.0
   recurrent_dropout_rate: float = 0.0
   unroll: int = 1
+  per_gate: bool = False
+  normalize_carried_cell: bool = False
+  epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -132,6 +143,9 @@ class SequenceClassifier(nn.Module):
         dropout_rate=self.dropout_rate,
         recurrent_dropout_rate=self.recurrent_dropout_rate,
         unroll=self.unroll,
+        per_gate=self.per_gate,
+        normalize_carried_cell=self.normalize_carried_cell,
+        epsilon=self.epsilon,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
     )(inputs.astype(self.dtype), seq_lengths, train=train)
