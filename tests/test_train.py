@@ -79,6 +79,16 @@ def test_resume_continues_to_the_same_parameters(tmp_path):
                final_params(straight), final_params(resumed))
 
 
+def test_rerunning_a_finished_run_evaluates_its_final_state_again(tmp_path):
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(tiny_config(), workdir)
+  again = train.train_and_evaluate(tiny_config(), workdir)
+  assert again["step"] == 6 and again["examples"] == 355
+  assert again == pytest.approx(first, rel=1e-6)
+  assert [r["step"] for r in read_metrics(workdir, "eval")] == [6, 6]
+  assert len(read_metrics(workdir)) == 6  # No step was trained again.
+
+
 def test_metrics_config_and_tensorboard_are_written(tmp_path):
   workdir = str(tmp_path)
   result = train.train_and_evaluate(tiny_config(num_train_steps=2), workdir)

@@ -231,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_metrics = {}
   step = start_step
   last_saved = start_step if restored else None
+  preempted = False
   try:
     while step < num_train_steps:
       state, metrics = p_train_step(state, next(train_iter))
@@ -254,6 +255,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if (config.eval_every_steps and step % config.eval_every_steps == 0) or is_last:
         eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
         writer.write(step, "eval", eval_metrics)
+    if step == num_train_steps and not eval_metrics and not preempted:
+      # A rerun of a finished run, or of one stopped between its last save and
+      # its final eval: evaluate the final state (again).
+      eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
+      writer.write(step, "eval", eval_metrics)
   finally:
     preemption.restore()
     writer.close()
