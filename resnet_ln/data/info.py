@@ -1,10 +1,14 @@
 """`DatasetInfo`: what the trainer needs to know about a dataset before it sees a batch."""
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import ml_collections
 
 from resnet_ln.data import sources
+
+if TYPE_CHECKING:  # TFDS imports TensorFlow, which synthetic-data runs never need.
+  import tensorflow_datasets as tfds
 
 # Synthetic data sized like the real thing, so that steps per epoch and schedules
 # match: ImageNet's 1,281,167 / 50,000 images, tiny_shakespeare's 1,003,854 /
@@ -63,7 +67,8 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return info_from_builder(config, sources.load_builder(name, config.get("data_dir")))
 
 
-def info_from_builder(config: ml_collections.ConfigDict, builder) -> DatasetInfo:
+def info_from_builder(config: ml_collections.ConfigDict,
+                      builder: "tfds.core.DatasetBuilder") -> DatasetInfo:
   """`get_dataset_info` for a prepared TFDS builder."""
   # Imported here, not at the top: they import TensorFlow, which synthetic-data
   # runs never need.
@@ -98,7 +103,7 @@ def info_from_builder(config: ml_collections.ConfigDict, builder) -> DatasetInfo
                      train_split, eval_split)
 
 
-def count(builder, split) -> int:
+def count(builder: "tfds.core.DatasetBuilder", split: "tfds.typing.SplitArg") -> int:
   """Examples in `split` (a name, a slice, or one of `tfds.even_splits`)."""
   # The dataset's cardinality, not info.splits: under tfds.testing.mock_data the
   # metadata has no split sizes, and the cardinality is what will be read.

@@ -172,7 +172,8 @@ def _even_range(size: int, index: int, count: int) -> tuple[int, int]:
   return size * index // count, size * (index + 1) // count
 
 
-def _image_records(builder: tfds.core.DatasetBuilder, split) -> tf.data.Dataset:
+def _image_records(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg,
+                   ) -> tf.data.Dataset:
   """{'image': encoded bytes, 'label'} in TFDS's stored order (decoding comes later)."""
   records = builder.as_dataset(split=split, shuffle_files=False,
                                decoders={"image": tfds.decode.SkipDecoding()})

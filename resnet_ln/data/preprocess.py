@@ -10,6 +10,8 @@ the caller (the example's position in the stream), so a resumed run augments
 each example exactly as an uninterrupted one would.
 """
 
+from collections.abc import Sequence
+
 from resnet_ln.data.cpu_tensorflow import tf
 
 # Mean and standard deviation per channel, in [0, 1] pixel units.
@@ -49,7 +51,7 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
                            DEFAULT_NORMALIZATION)
 
 
-def normalize(images: tf.Tensor, mean, std) -> tf.Tensor:
+def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
   """uint8 [..., height, width, channels] -> float32 (x / 255 - mean) / std per channel."""
   scale = tf.constant([1 / (255 * s) for s in std], tf.float32)
   offset = tf.constant([m / s for m, s in zip(mean, std)], tf.float32)

@@ -126,7 +126,7 @@ class _FusedLSTMCell(nn.RNNCellBase):
     """Returns (the cell state under h's tanh, the carried cell state)."""
     return c, c
 
-  def setup(self):
+  def setup(self) -> None:
     self.input_proj = self._projection(self.kernel_init)
     self.recurrent_proj = self._projection(self.recurrent_kernel_init)
     self.gate_bias = self.param(
@@ -250,7 +250,7 @@ class LayerNormLSTMCell(_FusedLSTMCell):
     c_norm = _layer_norm(c, self.cell_scale, self.cell_bias, 1, self.epsilon)
     return c_norm, c_norm if self.normalize_carried_cell else c
 
-  def setup(self):
+  def setup(self) -> None:
     super().setup()
     shape = (self.features,)
     self.cell_scale = self.param("cell_scale", nn.initializers.ones, shape, self.param_dtype)

@@ -180,7 +180,7 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     # Checked when the model is built, not when it is first traced.
     for field, allowed in (("shortcut", SHORTCUTS), ("stem", STEMS), ("norm", NORMS)):
       if getattr(self, field) not in allowed:

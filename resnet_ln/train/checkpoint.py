@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
@@ -155,7 +155,8 @@ class Checkpointer:
         "Move that directory away to start afresh, or point --workdir at a new directory."
     )
 
-  def _check_identity(self, saved: dict[str, Any], config: ml_collections.ConfigDict, step: int):
+  def _check_identity(self, saved: dict[str, Any], config: ml_collections.ConfigDict,
+                      step: int) -> None:
     # Through JSON, as saved: tuples in the config (stage sizes, boundaries) become lists.
     current = json.loads(json.dumps(identity(config)))
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, config {current[k]!r}"
@@ -203,7 +204,7 @@ class Checkpointer:
       self.manager.close()
 
   @contextlib.contextmanager
-  def _reporting_failed_saves(self, step: int | None):
+  def _reporting_failed_saves(self, step: int | None) -> Iterator[None]:
     """Turns the error of step `step`'s save into a CheckpointError that says what to do."""
     try:
       yield

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+import types
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -145,11 +146,11 @@ def evaluate(p_eval_step: Callable, state: TrainState, config: ml_collections.Co
 class _Preemption:
   """Remembers a SIGTERM so that the loop can checkpoint and exit cleanly."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     self.requested = False
     self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-  def _handle(self, signum, frame):
+  def _handle(self, signum: int, frame: types.FrameType | None) -> None:
     logging.warning("SIGTERM received: saving a checkpoint and exiting.")
     self.requested = True
 
@@ -159,7 +160,7 @@ class _Preemption:
       return self.requested
     return bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
 
-  def restore(self):
+  def restore(self) -> None:
     signal.signal(signal.SIGTERM, self._previous)
 
 
@@ -267,7 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return {"step": step, **eval_metrics}
 
 
-def _fetch(pending, window, parallel, step, skip_nonfinite, last_saved) -> None:
+def _fetch(pending: list[Any], window: dict[str, Any], parallel: parallel_lib.Parallelism,
+           step: int, skip_nonfinite: bool, last_saved: int | None) -> None:
   """Adds the pending device metrics to the log window; stops on a non-finite step."""
   fetched = [parallel.unreplicate_metrics(m) for m in jax.device_get(pending)]
   first = step - len(fetched) + 1
@@ -289,7 +291,9 @@ def _fetch(pending, window, parallel, step, skip_nonfinite, last_saved) -> None:
   window["steps"] += len(fetched)
 
 
-def _log_train(writer, window, step, num_train_steps, schedule, config, num_devices, task):
+def _log_train(writer: MetricWriter, window: dict[str, Any], step: int, num_train_steps: int,
+               schedule: optax.Schedule, config: ml_collections.ConfigDict, num_devices: int,
+               task: Task) -> None:
   """Writes the train metrics of the window since the last log, and resets it."""
   elapsed = time.time() - window["start"]
   steps_per_sec = window["steps"] / max(elapsed, 1e-9)

@@ -4,6 +4,7 @@ Each failure is one `ConfigError` naming the field, its value and what is allowe
 """
 
 import os
+from typing import Any
 
 import ml_collections
 
@@ -25,12 +26,12 @@ def model_error(config: ml_collections.ConfigDict, error: Exception) -> ConfigEr
   return ConfigError(f"config.model={config.model!r} / config.model_kwargs: {error}")
 
 
-def _require(ok: bool, field: str, value, allowed: str) -> None:
+def _require(ok: bool, field: str, value: Any, allowed: str) -> None:
   if not ok:
     raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}.")
 
 
-def _is_int(value) -> bool:
+def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
