@@ -10,6 +10,7 @@ import pytest
 from configs import default
 from resnet_ln import train
 from resnet_ln.train import steps
+from resnet_ln.train import trainer
 
 
 def tiny_config(**overrides):
@@ -87,6 +88,19 @@ def test_rerunning_a_finished_run_evaluates_its_final_state_again(tmp_path):
   assert again == pytest.approx(first, rel=1e-6)
   assert [r["step"] for r in read_metrics(workdir, "eval")] == [6, 6]
   assert len(read_metrics(workdir)) == 6  # No step was trained again.
+
+
+def test_a_run_stopped_at_its_last_step_evaluates_when_rerun(tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  # As if SIGTERM came during the last step: the loop saves step 1 and stops
+  # before its final eval.
+  monkeypatch.setattr(trainer._Preemption, "agreed", lambda self: True)
+  assert train.train_and_evaluate(tiny_config(num_train_steps=1), workdir) == {"step": 1}
+  assert not read_metrics(workdir, "eval")
+  monkeypatch.undo()
+  result = train.train_and_evaluate(tiny_config(num_train_steps=1), workdir)
+  assert result["step"] == 1 and result["examples"] == 355
+  assert [r["step"] for r in read_metrics(workdir, "eval")] == [1]
 
 
 def test_metrics_config_and_tensorboard_are_written(tmp_path):
