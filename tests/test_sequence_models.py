@@ -124,8 +124,6 @@ def test_classifier_passes_the_layer_norm_options_to_its_lstm():
   assert np.abs(np.asarray(logits - _apply(default)({"params": params}, SEQUENCES))).max() > 1e-3
 
 
-
-
 def test_classifier_reads_images_row_by_row():
   images = SEQUENCES.reshape(3, 6, 2, 2)
   params = _random_params(CLASSIFIER, images)

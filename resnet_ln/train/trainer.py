@@ -253,12 +253,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if preempted:
         logging.warning("Stopping at step %d after SIGTERM; rerun the command to resume.", step)
         break
-      if (config.eval_every_steps and step % config.eval_every_steps == 0) or is_last:
+      if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
         eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
         writer.write(step, "eval", eval_metrics)
-    if step == num_train_steps and not eval_metrics and not preempted:
-      # A rerun of a finished run, or of one stopped between its last save and
-      # its final eval: evaluate the final state (again).
+    if step == num_train_steps and not preempted:
+      # The final eval, here rather than in the loop so that a rerun of a
+      # finished run (or of one stopped before this eval) evaluates it too.
       eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
       writer.write(step, "eval", eval_metrics)
   finally:
