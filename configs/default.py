@@ -20,9 +20,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict()
   config.dtype = "float32"  # Compute dtype: float32, bfloat16, or float16 (loss scaling).
 
-  # Data: an embedded offline dataset, or any TFDS name.
+  # Data: an embedded offline dataset, synthetic data, or any TFDS name.
   config.dataset = "digits"
   config.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or TFDS's default.
+  config.train_split = "train"  # Any TFDS split spec, e.g. "train[:90%]".
+  config.eval_split = config_dict.placeholder(str)  # None: "validation" if present, else "test".
+  config.num_classes = 1000  # synthetic_image only; real datasets bring their own.
+  config.shuffle_buffer = 0  # Images; 0: the whole split, at most 50,000 examples.
   config.image_size = config_dict.placeholder(int)  # None: the dataset's own size (8 for digits).
   config.seq_len = 128  # Characters per sequence (language modelling).
   config.augment = True
@@ -33,8 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = "sgd"  # sgd (momentum) or adamw.
   config.learning_rate = 0.1
   config.lr_base_batch_size = 0  # > 0: learning_rate is per this many examples, scaled linearly.
-  config.momentum = 0.9
-  config.nesterov = True
+  config.momentum = 0.9  # sgd.
+  config.nesterov = True  # sgd.
+  config.adam_b1 = 0.9  # adamw.
+  config.adam_b2 = 0.999  # adamw.
   config.weight_decay = 5e-4  # On kernels only, unless weight_decay_all.
   config.weight_decay_all = False
   config.grad_clip_norm = 0.0  # 0: no clipping.

@@ -10,6 +10,7 @@ from configs import cifar
 from configs import default
 from configs import imagenet
 from resnet_ln.data import DatasetInfo
+from resnet_ln.train import build
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import trainer
 from resnet_ln.train.validation import validate_config
@@ -50,7 +51,7 @@ def test_default_config_is_the_offline_main_job():
 
 
 def _learning_rates(config, info, steps):
-  steps_per_epoch, num_train_steps = trainer.training_length(config, info)
+  steps_per_epoch, num_train_steps = build.training_length(config, info)
   schedule = optimizer_lib.create_learning_rate_schedule(config, num_train_steps, steps_per_epoch)
   return np.array([schedule(s) for s in steps]), steps_per_epoch, num_train_steps
 

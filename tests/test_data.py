@@ -1,4 +1,4 @@
-"""The data layer on the embedded datasets: TFDS loading, order, resuming, layouts, eval coverage.
+"""The data layer on the embedded datasets: TFDS loading, order, resuming, hosts, eval coverage.
 
 The embedded `digits` and `pydoc_topics` build into a fresh data_dir once per
 module (a few seconds), offline, through TFDS itself.
@@ -15,11 +15,13 @@ import pytest
 import tensorflow_datasets as tfds
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
+from configs import default
 from resnet_ln import data
 from resnet_ln.data import embedded
 from resnet_ln.data import preprocess
 from resnet_ln.data import sources
 from resnet_ln.data import text
+from resnet_ln.train import parallel
 
 DIGITS_TRAIN, DIGITS_TEST = 1_442, 355
 
@@ -30,9 +32,9 @@ def data_dir(tmp_path_factory):
 
 
 def make_config(data_dir, **overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      dataset="digits", data_dir=data_dir, image_size=None, seq_len=32, augment=True,
-      batch_size=64, eval_batch_size=64, seed=0))
+  config = default.get_config()
+  config.update(dict(dataset="digits", data_dir=data_dir, image_size=None, seq_len=32,
+                     augment=True, batch_size=64, eval_batch_size=64, seed=0))
   config.update(overrides)
   return config
 
@@ -132,7 +134,7 @@ def test_dataset_info_of_the_embedded_datasets(data_dir):
 def test_same_seed_same_order_and_different_seed_different_order(data_dir, dataset):
   def first_batches(seed):
     config = make_config(data_dir, dataset=dataset, seed=seed)
-    return take(data.create_train_iterator(config, layout="global", num_devices=1), 3)
+    return take(data.create_train_iterator(config), 3)
 
   key = "image" if dataset == "digits" else "inputs"
   same = [b[key] for b in first_batches(0)], [b[key] for b in first_batches(0)]
@@ -147,9 +149,9 @@ def test_resume_at_step_n_yields_the_fresh_iterators_batches_from_n_on(data_dir,
   steps_per_epoch = data.get_dataset_info(config).num_train / batch_size
   # Batch 10 (pydoc_topics) or 11 (digits) holds the end of epoch 0 and the start of epoch 1.
   assert 10 < steps_per_epoch < 12
-  fresh = take(data.create_train_iterator(config, num_devices=8), 14)
+  fresh = take(data.create_train_iterator(config), 14)
   for start_step in (1, 10, 11, 12):
-    resumed = take(data.create_train_iterator(config, start_step=start_step, num_devices=8),
+    resumed = take(data.create_train_iterator(config, start_step=start_step),
                    14 - start_step)
     for expected, got in zip(fresh[start_step:], resumed, strict=True):
       for key in expected:
@@ -159,7 +161,7 @@ def test_resume_at_step_n_yields_the_fresh_iterators_batches_from_n_on(data_dir,
 def test_each_epoch_is_a_new_permutation_of_the_train_split(data_dir):
   # 1,442 = 7 batches of 206: batches 0-6 are epoch 0, 7-13 epoch 1.
   config = make_config(data_dir, batch_size=206, augment=False)
-  batches = take(data.create_train_iterator(config, layout="global", num_devices=1), 14)
+  batches = take(data.create_train_iterator(config), 14)
   for batch in batches:
     batch["image"] = unnormalize(batch["image"])
   epochs = [flat_examples(batches[:7]), flat_examples(batches[7:])]
@@ -170,39 +172,13 @@ def test_each_epoch_is_a_new_permutation_of_the_train_split(data_dir):
 
 
 # ----------------------------------------------------------------------------
-# Layouts.
-# ----------------------------------------------------------------------------
-def test_pmap_layout_is_the_global_batch_split_over_devices(data_dir):
-  config = make_config(data_dir, batch_size=64)
-  pmap_batch = next(data.create_train_iterator(config, layout="pmap", num_devices=8))
-  global_batch = next(data.create_train_iterator(config, layout="global", num_devices=8))
-  assert pmap_batch["image"].shape == (8, 8, 8, 8, 1) and pmap_batch["image"].dtype == np.float32
-  assert pmap_batch["label"].shape == (8, 8) and pmap_batch["label"].dtype == np.int32
-  assert global_batch["image"].shape == (64, 8, 8, 1)
-  for key in ("image", "label"):
-    np.testing.assert_array_equal(pmap_batch[key].reshape(global_batch[key].shape),
-                                  global_batch[key])
-  eval_batch = next(data.create_eval_iterator(config, layout="pmap", num_devices=4))
-  assert eval_batch["mask"].shape == (4, 16) and eval_batch["mask"].dtype == np.float32
-
-
-def test_a_batch_that_does_not_divide_over_the_devices_is_a_clear_error(data_dir):
-  config = make_config(data_dir, batch_size=60, eval_batch_size=60)
-  with pytest.raises(ValueError, match=r"batch_size=60 is not divisible by the device count 8"):
-    data.create_train_iterator(config, num_devices=8)
-  with pytest.raises(ValueError, match=r"eval_batch_size=60 .* device count 8"):
-    data.create_eval_iterator(config, layout="global", num_devices=8)
-  with pytest.raises(ValueError, match="layout='sharded'"):
-    data.create_train_iterator(make_config(data_dir), layout="sharded")
-
-
-# ----------------------------------------------------------------------------
 # Eval: every example exactly once.
 # ----------------------------------------------------------------------------
 @pytest.mark.parametrize("num_devices", [1, 8])
 def test_eval_visits_every_test_example_once_with_padding_masked(data_dir, num_devices):
   config = make_config(data_dir, eval_batch_size=64)
-  batches = list(data.create_eval_iterator(config, num_devices=num_devices))
+  placement = parallel.PmapParallelism(jax.devices()[:num_devices])
+  batches = [jax.device_get(placement.put_batch(b)) for b in data.create_eval_iterator(config)]
   assert len(batches) == -(-DIGITS_TEST // 64)
   assert all(b["mask"].shape == (num_devices, 64 // num_devices) for b in batches)
   masks = np.concatenate([b["mask"].reshape(-1) for b in batches])
@@ -217,7 +193,7 @@ def test_eval_visits_every_test_example_once_with_padding_masked(data_dir, num_d
 def test_text_eval_visits_every_validation_window_once(data_dir):
   config = make_config(data_dir, dataset="pydoc_topics", seq_len=64, eval_batch_size=256)
   info = data.get_dataset_info(config)
-  batches = list(data.create_eval_iterator(config, num_devices=8))
+  batches = list(data.create_eval_iterator(config))
   assert sum(b["mask"].sum() for b in batches) == info.num_eval
   validation = text.load_bytes(tfds.builder("pydoc_topics", data_dir=data_dir), "validation")
   windows = np.concatenate([
@@ -242,12 +218,12 @@ def test_two_processes_read_disjoint_parts_that_cover_each_split(data_dir, proce
   train, evaluation, num_batches = [], [], []
   for index in (0, 1):
     processes.index = index
-    batches = take(data.create_train_iterator(config, layout="global", num_devices=1), 7)
+    batches = take(data.create_train_iterator(config), 7)
     assert batches[0]["image"].shape == (103, 8, 8, 1)
     for batch in batches:
       batch["image"] = unnormalize(batch["image"])
     train += flat_examples(batches)
-    batches = list(data.create_eval_iterator(config, layout="global", num_devices=1))
+    batches = list(data.create_eval_iterator(config))
     assert batches[0]["image"].shape == (32, 8, 8, 1)
     for batch in batches:
       batch["image"] = unnormalize(batch["image"])
@@ -265,7 +241,7 @@ def test_two_processes_split_the_text_windows_in_two(data_dir, processes):
   def windows(count):
     processes.count, real = count, []
     for processes.index in range(count):
-      for batch in data.create_eval_iterator(config, layout="global", num_devices=1):
+      for batch in data.create_eval_iterator(config):
         real.append(batch["inputs"][batch["mask"] > 0])
     return np.concatenate(real)
 
@@ -277,7 +253,7 @@ def test_two_processes_split_the_text_windows_in_two(data_dir, processes):
 # ----------------------------------------------------------------------------
 def test_text_windows_are_byte_strings_of_the_text_with_targets_shifted_by_one(data_dir):
   config = make_config(data_dir, dataset="pydoc_topics", seq_len=48, batch_size=64)
-  batch = next(data.create_train_iterator(config, layout="global", num_devices=1))
+  batch = next(data.create_train_iterator(config))
   inputs, targets = batch["inputs"], batch["targets"]
   assert inputs.shape == targets.shape == (64, 48)
   assert inputs.dtype == targets.dtype == np.int32
@@ -291,82 +267,17 @@ def test_text_windows_are_byte_strings_of_the_text_with_targets_shifted_by_one(d
 
 def test_digits_upscaled_to_32_pixels_are_normalised_and_augmented(data_dir):
   config = make_config(data_dir, image_size=32, batch_size=32)
-  batch = next(data.create_train_iterator(config, layout="global", num_devices=1))
+  batch = next(data.create_train_iterator(config))
   (mean,), (std,) = preprocess.NORMALIZATION["digits"]
   assert batch["image"].shape == (32, 32, 32, 1) and batch["image"].dtype == np.float32
   assert batch["image"].min() >= -mean / std - 1e-5
   assert batch["image"].max() <= (1 - mean) / std + 1e-5
-  evaluation = next(data.create_eval_iterator(config, layout="global", num_devices=1))
+  evaluation = next(data.create_eval_iterator(config))
   assert evaluation["image"].shape == (64, 32, 32, 1)
   assert not np.array_equal(
       batch["image"],
       next(data.create_train_iterator(make_config(data_dir, image_size=32, batch_size=32,
-                                                  augment=False),
-                                      layout="global", num_devices=1))["image"])
-
-
-# ----------------------------------------------------------------------------
-# Synthetic data and device placement (no TensorFlow).
-# ----------------------------------------------------------------------------
-def test_synthetic_batch_has_the_shapes_and_placement_asked_for():
-  info = data.DatasetInfo("synthetic_image", "classification", 10, (8, 8, 3), 100, 10,
-                          "train", "validation")
-  devices = jax.devices()[:4][::-1]
-  batch = data.synthetic_batch(info, 16, devices=devices)
-  assert batch["image"].shape == (4, 4, 8, 8, 3) and batch["image"].dtype == np.float32
-  assert batch["label"].shape == (4, 4) and batch["label"].dtype == np.int32
-  assert 0 <= int(batch["label"].min()) and int(batch["label"].max()) < 10
-  for shard in batch["image"].addressable_shards:
-    assert shard.device == devices[shard.index[0].start]
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-  lm = data.DatasetInfo("synthetic_text", "language_modeling", 256, (12,), 100, 10,
-                        "train", "validation")
-  batch = data.synthetic_batch(lm, 16, sharding=sharding, seed=3)
-  assert batch["inputs"].shape == batch["targets"].shape == (16, 12)
-  assert batch["inputs"].dtype == np.int32 and batch["inputs"].sharding == sharding
-  np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
-  with pytest.raises(ValueError, match="batch_size=10"):
-    data.synthetic_batch(info, 10, devices=devices)
-
-
-def test_synthetic_iterators_pad_and_mask_the_eval_split():
-  config = make_config(None, dataset="synthetic_image", image_size=8, num_classes=10,
-                       eval_batch_size=4096)
-  info = data.get_dataset_info(config)
-  assert info.example_shape == (8, 8, 3) and info.num_eval == 50_000
-  batches = list(data.create_eval_iterator(config, num_devices=8))
-  assert len(batches) == 13 and batches[0]["image"].shape == (8, 512, 8, 8, 3)
-  assert sum(b["mask"].sum() for b in batches) == 50_000
-
-
-def test_prefetch_to_device_places_each_shard_on_its_device():
-  devices = jax.devices()[2:6][::-1]
-  host = [{"x": np.full((4, 2, 3), i, np.float32), "y": np.arange(8).reshape(4, 2) + i}
-          for i in range(5)]
-  placed = list(data.prefetch_to_device(iter(host), 2, devices=devices))
-  assert len(placed) == 5
-  for i, batch in enumerate(placed):
-    np.testing.assert_array_equal(batch["y"], host[i]["y"])
-    for shard in batch["x"].addressable_shards:
-      assert shard.device == devices[shard.index[0].start]
-      np.testing.assert_array_equal(shard.data, host[i]["x"][shard.index])
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-  host = [{"x": np.arange(16.0) + i} for i in range(3)]
-  placed = list(data.prefetch_to_device(iter(host), 2, sharding))
-  assert [b["x"].sharding for b in placed] == [sharding] * 3
-  np.testing.assert_array_equal(placed[2]["x"], host[2]["x"])
-
-
-def test_importing_the_package_and_synthetic_data_do_not_import_tensorflow():
-  script = (
-      "import sys; from resnet_ln import data; "
-      "info = data.get_dataset_info(__import__('ml_collections').ConfigDict("
-      "{'dataset': 'synthetic_text', 'seq_len': 8})); "
-      "data.synthetic_batch(info, 2, devices=__import__('jax').devices()[:1]); "
-      "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
-  subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+                                                  augment=False)))["image"])
 
 
 def test_a_dataset_that_another_process_prepares_meanwhile_is_read(tmp_path, monkeypatch):
@@ -391,7 +302,7 @@ def test_an_unknown_dataset_name_lists_the_close_names(data_dir):
   with pytest.raises(ValueError, match=r"Unknown dataset 'digitz'.*did you mean.*'digits'"):
     data.get_dataset_info(make_config(data_dir, dataset="digitz"))
   with pytest.raises(ValueError, match=r"'cifar10'"):
-    data.create_train_iterator(make_config(data_dir, dataset="cifar_10"), num_devices=1)
+    data.create_train_iterator(make_config(data_dir, dataset="cifar_10"))
 
 
 def test_imagenet_without_its_files_says_where_to_put_them(tmp_path):

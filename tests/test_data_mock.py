@@ -6,15 +6,18 @@ read with random examples of the dataset's real features.
 
 import itertools
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import default
 from resnet_ln import data
 from resnet_ln.data import preprocess
 from resnet_ln.data import text
 from resnet_ln.data.cpu_tensorflow import tf
+from resnet_ln.train import parallel
 
 
 def jpeg(pixels: np.ndarray) -> tf.Tensor:
@@ -26,9 +29,9 @@ def seed(i: int) -> tf.Tensor:
 
 
 def make_config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      dataset="cifar10", data_dir=None, image_size=None, seq_len=8, augment=True,
-      batch_size=16, eval_batch_size=16, seed=0))
+  config = default.get_config()
+  config.update(dict(dataset="cifar10", data_dir=None, image_size=None, seq_len=8,
+                     augment=True, batch_size=16, eval_batch_size=16, seed=0))
   config.update(overrides)
   return config
 
@@ -120,8 +123,10 @@ def test_image_datasets_on_mock_data(dataset, image_size, shape):
     info = data.get_dataset_info(config)
     assert info.example_shape == shape
     assert info.num_classes == (1000 if dataset == "imagenet2012" else 10)
-    batch = next(data.create_train_iterator(config, num_devices=8))
-    evaluation = list(data.create_eval_iterator(config, num_devices=4))
+    batch = jax.device_get(parallel.PmapParallelism(jax.devices()).put_batch(
+        next(data.create_train_iterator(config))))
+    placement = parallel.PmapParallelism(jax.devices()[:4])
+    evaluation = [jax.device_get(placement.put_batch(b)) for b in data.create_eval_iterator(config)]
   assert batch["image"].shape == (8, 2, *shape) and batch["image"].dtype == np.float32
   assert batch["label"].shape == (8, 2) and batch["label"].dtype == np.int32
   assert 0 <= batch["label"].min() and batch["label"].max() < info.num_classes
@@ -138,8 +143,8 @@ def test_tiny_shakespeare_on_mock_data():
     info = data.get_dataset_info(config)
     builder = tfds.builder("tiny_shakespeare")
     num_bytes = len(text.load_bytes(builder, "train"))
-    batch = next(data.create_train_iterator(config, layout="global", num_devices=8))
-    evaluation = list(data.create_eval_iterator(config, layout="global", num_devices=8))
+    batch = next(data.create_train_iterator(config))
+    evaluation = list(data.create_eval_iterator(config))
   assert (info.task, info.num_classes, info.example_shape) == ("language_modeling", 256, (4,))
   assert info.num_train == (num_bytes - 1) // 4 > 0
   assert batch["inputs"].shape == batch["targets"].shape == (8, 4)

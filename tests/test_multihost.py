@@ -108,13 +108,12 @@ def two_process_batches(create_train_iterator):
   along the leading axis: devices 0-3 get process 0's examples, devices 4-7
   process 1's, as in the 2-process run.
   """
-  def create(config, *, start_step=0, layout="pmap", num_devices=None):
+  def create(config, *, start_step=0):
     streams = []
     for index in range(NUM_PROCESSES):
       with mock.patch.object(jax, "process_index", return_value=index), \
           mock.patch.object(jax, "process_count", return_value=NUM_PROCESSES):
-        streams.append(create_train_iterator(config, start_step=start_step, layout=layout,
-                                             num_devices=num_devices // NUM_PROCESSES))
+        streams.append(create_train_iterator(config, start_step=start_step))
     return ({key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
             for parts in zip(*streams))
 

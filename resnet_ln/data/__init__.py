@@ -1,24 +1,20 @@
-"""Input pipelines: TFDS + tf.data on the host, batches laid out for the devices.
+"""Input pipelines: TFDS + tf.data on the host, this process's batches as NumPy arrays.
 
     info = data.get_dataset_info(config)
-    batches = data.prefetch_to_device(
-        data.create_train_iterator(config, start_step=step), 2)
+    host_batches = data.create_train_iterator(config, start_step=step)
 
-Importing this package registers the offline TFDS datasets `digits` and
-`pydoc_topics` (see `embedded`). TensorFlow is imported, with the GPUs and TPUs
-hidden from it, only when a TFDS dataset is first used: synthetic data
-(`synthetic_batch`, the 'synthetic_image' / 'synthetic_text' infos) and
-`prefetch_to_device` need jax alone.
+The pipelines know hosts (which part of the data this process reads), not
+devices: `resnet_ln.train.parallel` places the batches on the devices.
+TFDS, and TensorFlow with the GPUs and TPUs hidden from it, are imported only
+when a TFDS dataset is first used (which registers the offline datasets
+`digits` and `pydoc_topics`, see `embedded`): `DatasetInfo` and the
+'synthetic_image' / 'synthetic_text' infos need neither.
 """
 
-from resnet_ln.data import embedded  # Registers `digits` and `pydoc_topics` with TFDS.
 from resnet_ln.data.info import DatasetInfo
 from resnet_ln.data.info import get_dataset_info
-from resnet_ln.data.prefetch import prefetch_to_device
-from resnet_ln.data.synthetic import synthetic_batch
 
-__all__ = ["DatasetInfo", "get_dataset_info", "create_train_iterator",
-           "create_eval_iterator", "prefetch_to_device", "synthetic_batch"]
+__all__ = ["DatasetInfo", "get_dataset_info", "create_train_iterator", "create_eval_iterator"]
 
 
 def __getattr__(name: str):

@@ -5,9 +5,7 @@ from typing import TYPE_CHECKING
 
 import ml_collections
 
-from resnet_ln.data import sources
-
-if TYPE_CHECKING:  # TFDS imports TensorFlow, which synthetic-data runs never need.
+if TYPE_CHECKING:  # TFDS, which synthetic data and `DatasetInfo` users never need.
   import tensorflow_datasets as tfds
 
 # Synthetic data sized like the real thing, so that steps per epoch and schedules
@@ -16,7 +14,6 @@ if TYPE_CHECKING:  # TFDS imports TensorFlow, which synthetic-data runs never ne
 _SYNTHETIC_IMAGES = (1_281_167, 50_000)
 _SYNTHETIC_CHARACTERS = (1_003_854, 55_770)
 _DEFAULT_IMAGENET_SIZE = 224
-MAX_SEED = 2**24  # config.seed is in [0, MAX_SEED): the input pipelines derive int64 seeds.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +45,8 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """The `DatasetInfo` of `config.dataset`, preparing the dataset in data_dir if needed.
 
   Reads config.dataset, data_dir, image_size, seq_len, num_classes (synthetic
-  images only), train_split and eval_split (optional: 'train', and 'validation'
-  when the dataset has one, else 'test').
+  images only), train_split and eval_split (None: 'validation' when the dataset
+  has one, else 'test').
 
   Raises:
     ValueError: unknown dataset, or one without `image`/`label` or `text` features.
@@ -57,33 +54,40 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """
   name = config.dataset
   if name == "synthetic_image":
-    size = config.get("image_size") or _DEFAULT_IMAGENET_SIZE
-    return DatasetInfo(name, "classification", config.get("num_classes", 1000),
-                       (size, size, 3), *_SYNTHETIC_IMAGES, "train", "validation")
+    size = config.image_size or _DEFAULT_IMAGENET_SIZE
+    num_train, num_eval = _SYNTHETIC_IMAGES
+    return DatasetInfo(name=name, task="classification", num_classes=config.num_classes,
+                       example_shape=(size, size, 3), num_train=num_train, num_eval=num_eval,
+                       train_split="train", eval_split="validation")
   if name == "synthetic_text":
     seq_len = config.seq_len
-    return DatasetInfo(name, "language_modeling", 256, (seq_len,),
-                       *(n // seq_len for n in _SYNTHETIC_CHARACTERS), "train", "validation")
-  return info_from_builder(config, sources.load_builder(name, config.get("data_dir")))
+    num_train, num_eval = (n // seq_len for n in _SYNTHETIC_CHARACTERS)
+    return DatasetInfo(name=name, task="language_modeling", num_classes=256,
+                       example_shape=(seq_len,), num_train=num_train, num_eval=num_eval,
+                       train_split="train", eval_split="validation")
+  from resnet_ln.data import sources  # pylint: disable=import-outside-toplevel
+  return info_from_builder(config, sources.load_builder(name, config.data_dir))
 
 
 def info_from_builder(config: ml_collections.ConfigDict,
                       builder: "tfds.core.DatasetBuilder") -> DatasetInfo:
   """`get_dataset_info` for a prepared TFDS builder."""
-  # Imported here, not at the top: they import TensorFlow, which synthetic-data
-  # runs never need.
+  # Imported here, not at the top: they import TensorFlow, which synthetic data
+  # and `DatasetInfo` users never need.
   from resnet_ln.data import preprocess, text  # pylint: disable=import-outside-toplevel
 
   features = builder.info.features
-  train_split = config.get("train_split") or "train"
-  eval_split = config.get("eval_split") or (
+  train_split = config.train_split
+  eval_split = config.eval_split or (
       "validation" if "validation" in builder.info.splits else "test")
   if "text" in features:
     seq_len = config.seq_len
-    sizes = [text.num_windows(len(text.load_bytes(builder, split)), seq_len)
-             for split in (train_split, eval_split)]
-    return DatasetInfo(config.dataset, "language_modeling", text.VOCAB_SIZE, (seq_len,),
-                       *sizes, train_split, eval_split)
+    num_train, num_eval = (text.num_windows(len(text.load_bytes(builder, split)), seq_len)
+                           for split in (train_split, eval_split))
+    return DatasetInfo(name=config.dataset, task="language_modeling",
+                       num_classes=text.VOCAB_SIZE, example_shape=(seq_len,),
+                       num_train=num_train, num_eval=num_eval, train_split=train_split,
+                       eval_split=eval_split)
   if "image" not in features or "label" not in features or not hasattr(
       features["label"], "num_classes"):
     raise ValueError(
@@ -91,16 +95,17 @@ def info_from_builder(config: ml_collections.ConfigDict,
         "needs `image` with a ClassLabel `label` (classification) or `text` "
         "(language modelling).")
   height, width, channels = features["image"].shape
-  size = config.get("image_size")
+  size = config.image_size
   if size is None and preprocess.family(config.dataset) == "imagenet":
     size = _DEFAULT_IMAGENET_SIZE
   if size is None and (height is None or width is None):
     raise ValueError(
         f"Dataset {config.dataset!r} has images of varying sizes: set config.image_size.")
   shape = (size, size, channels) if size else (height, width, channels)
-  return DatasetInfo(config.dataset, "classification", features["label"].num_classes, shape,
-                     count(builder, train_split), count(builder, eval_split),
-                     train_split, eval_split)
+  return DatasetInfo(name=config.dataset, task="classification",
+                     num_classes=features["label"].num_classes, example_shape=shape,
+                     num_train=count(builder, train_split), num_eval=count(builder, eval_split),
+                     train_split=train_split, eval_split=eval_split)
 
 
 def count(builder: "tfds.core.DatasetBuilder", split: "tfds.typing.SplitArg") -> int:

@@ -3,9 +3,8 @@
 Hosts and devices. Process p of P reads only its part of a split
 (`tfds.even_splits`, the rule of `tfds.split_for_jax_process`: part sizes
 differ by at most one), so the processes together see every example once per
-epoch. Its batches hold global_batch / P examples, shaped
-[num_devices, per_device_batch, ...] ('pmap' layout) or [process_batch, ...]
-('global' layout, for `jax.make_array_from_process_local_data`).
+epoch. Its batches hold global_batch / P examples, [process_batch, ...] NumPy
+arrays; `resnet_ln.train.parallel` lays them out on the devices.
 
 Determinism and resuming (train). A process's stream of examples is a pure
 function of config.seed and its part of the split: epoch e visits the part in
@@ -41,38 +40,33 @@ from resnet_ln.data import sources
 from resnet_ln.data import text
 from resnet_ln.data.cpu_tensorflow import tf
 
-LAYOUTS = ("pmap", "global")
 _DEFAULT_SHUFFLE_BUFFER = 50_000
 _MAX_EPOCHS = 2**20  # Epoch seeds are seed * _MAX_EPOCHS + epoch.
+# config.seed is in [0, MAX_SEED), so that the int64 epoch seeds cannot overflow.
+MAX_SEED = 2**24
 
 
 def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int = 0,
-                          layout: str = "pmap", num_devices: int | None = None,
                           ) -> Iterator[dict[str, np.ndarray]]:
   """The infinite, resumable stream of this process's train batches.
 
-  Classification batches are {'image': float32 [..., H, W, C] normalised per
-  channel, 'label': int32 [...]}; language modelling batches {'inputs',
-  'targets': int32 [..., seq_len]}. [...] is [num_devices, per_device_batch]
-  for layout='pmap', [process_batch] for 'global'.
+  Classification batches are {'image': float32 [process_batch, H, W, C]
+  normalised per channel, 'label': int32 [process_batch]}; language modelling
+  batches {'inputs', 'targets': int32 [process_batch, seq_len]}.
 
   Args:
     config: reads dataset, data_dir, batch_size (global), seed, augment,
       image_size, seq_len, shuffle_buffer, train_split.
     start_step: yield the batches a fresh iterator yields from its
       start_step-th batch on.
-    layout: 'pmap' or 'global'.
-    num_devices: this process's devices (default: jax.local_device_count()).
 
   Raises:
-    ValueError: batch_size does not divide over all devices, or a bad layout.
+    ValueError: batch_size does not divide over the processes.
   """
-  process_batch, num_devices = _process_batch(config.batch_size, "batch_size", layout,
-                                              num_devices)
+  process_batch = _process_batch(config.batch_size, "batch_size")
   if config.dataset in sources.SYNTHETIC:
-    return _synthetic(info_lib.get_dataset_info(config), config.seed, process_batch, layout,
-                      num_devices)
-  builder = sources.load_builder(config.dataset, config.get("data_dir"))
+    return _synthetic(info_lib.get_dataset_info(config), config.seed, process_batch)
+  builder = sources.load_builder(config.dataset, config.data_dir)
   info = info_lib.info_from_builder(config, builder)
   start = start_step * process_batch
   index, count = jax.process_index(), jax.process_count()
@@ -86,7 +80,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int 
   else:
     records = _image_records(builder, tfds.even_splits(info.train_split, count)[index])
     num_examples = int(records.cardinality())
-    buffer_size = config.get("shuffle_buffer") or min(num_examples, _DEFAULT_SHUFFLE_BUFFER)
+    buffer_size = config.shuffle_buffer or min(num_examples, _DEFAULT_SHUFFLE_BUFFER)
     stream = _shuffled_epochs(records, num_examples, config.seed, start, buffer_size)
     base_seed = tf.constant([config.seed, index], tf.int64)
 
@@ -97,35 +91,32 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int 
 
     batches = stream.enumerate(start).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   batches = batches.batch(process_batch, drop_remainder=True)
-  return finish_batches(batches, config.dataset, layout, num_devices)
+  return finish_batches(batches, config.dataset)
 
 
-def create_eval_iterator(config: ml_collections.ConfigDict, *, layout: str = "pmap",
-                         num_devices: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def create_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
   """This process's eval batches: its part of the eval split once, padded.
 
-  Batches are the train batches plus 'mask': float32 [...], 1 for real examples
-  and 0 for padding. Every process yields the same number of batches.
+  Batches are the train batches plus 'mask': float32 [process_batch], 1 for
+  real examples and 0 for padding. Every process yields the same number of
+  batches.
 
   Args:
     config: reads dataset, data_dir, eval_batch_size (global), image_size,
       seq_len, eval_split.
-    layout: 'pmap' or 'global'.
-    num_devices: this process's devices (default: jax.local_device_count()).
 
   Raises:
-    ValueError: eval_batch_size does not divide over all devices, or a bad layout.
+    ValueError: eval_batch_size does not divide over the processes.
   """
-  process_batch, num_devices = _process_batch(config.eval_batch_size, "eval_batch_size",
-                                              layout, num_devices)
+  process_batch = _process_batch(config.eval_batch_size, "eval_batch_size")
   index, count = jax.process_index(), jax.process_count()
   if config.dataset in sources.SYNTHETIC:
     info = info_lib.get_dataset_info(config)
     sizes = [high - low for low, high in (_even_range(info.num_eval, i, count)
                                           for i in range(count))]
-    return _synthetic(info, config.seed, process_batch, layout, num_devices,
+    return _synthetic(info, config.seed, process_batch,
                       num_batches=math.ceil(max(sizes) / process_batch), num_real=sizes[index])
-  builder = sources.load_builder(config.dataset, config.get("data_dir"))
+  builder = sources.load_builder(config.dataset, config.data_dir)
   info = info_lib.info_from_builder(config, builder)
   if info.task == "language_modeling":
     data = tf.constant(text.load_bytes(builder, info.eval_split))
@@ -149,22 +140,15 @@ def create_eval_iterator(config: ml_collections.ConfigDict, *, layout: str = "pm
   num_batches = math.ceil(max(sizes) / process_batch)
   batches = (examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
              .take(num_batches * process_batch).batch(process_batch))
-  return finish_batches(batches, config.dataset, layout, num_devices)
+  return finish_batches(batches, config.dataset)
 
 
-def _process_batch(global_batch: int, field: str, layout: str,
-                   num_devices: int | None) -> tuple[int, int]:
-  """(this process's batch, its device count), after checking that they divide."""
-  if layout not in LAYOUTS:
-    raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}.")
-  num_devices = num_devices or jax.local_device_count()
-  total = jax.process_count() * num_devices
-  if global_batch % total:
-    raise ValueError(
-        f"config.{field}={global_batch} is not divisible by the device count {total} "
-        f"({jax.process_count()} process(es) x {num_devices} devices): every device "
-        "needs the same number of examples.")
-  return global_batch // jax.process_count(), num_devices
+def _process_batch(global_batch: int, field: str) -> int:
+  """This process's part of the global batch (the devices' part is `parallel`'s to check)."""
+  if global_batch % jax.process_count():
+    raise ValueError(f"config.{field}={global_batch} does not divide over the "
+                     f"{jax.process_count()} processes: every process reads as many examples.")
+  return global_batch // jax.process_count()
 
 
 def _even_range(size: int, index: int, count: int) -> tuple[int, int]:
@@ -213,26 +197,20 @@ def _preprocess(info: info_lib.DatasetInfo, builder: tfds.core.DatasetBuilder,
                                      image_size=image_size, augment=augment)
 
 
-def finish_batches(batches: tf.data.Dataset, name: str, layout: str,
-            num_devices: int) -> Iterator[dict[str, np.ndarray]]:
-  """Normalises image batches, lays them out for the devices, prefetches: a numpy iterator.
+def finish_batches(batches: tf.data.Dataset, name: str) -> Iterator[dict[str, np.ndarray]]:
+  """Normalises image batches and prefetches them: a NumPy iterator.
 
   The tail of every pipeline here (and of `bench.input_pipeline`'s).
 
   Args:
     batches: batched examples; images still uint8.
     name: the dataset, for its normalisation.
-    layout: 'pmap' reshapes [process_batch, ...] to [num_devices, per_device_batch, ...].
-    num_devices: this process's devices.
   """
   mean, std = preprocess.normalization(name)
 
   def finish(batch):
     if "image" in batch:
       batch = {**batch, "image": preprocess.normalize(batch["image"], mean, std)}
-    if layout == "pmap":
-      batch = {key: tf.reshape(x, [num_devices, -1] + x.shape[1:].as_list())
-               for key, x in batch.items()}
     return batch
 
   batches = batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
@@ -244,8 +222,8 @@ def finish_batches(batches: tf.data.Dataset, name: str, layout: str,
   return batches.prefetch(tf.data.AUTOTUNE).with_options(options).as_numpy_iterator()
 
 
-def _synthetic(info: info_lib.DatasetInfo, seed: int, process_batch: int, layout: str,
-               num_devices: int, num_batches: int | None = None,
+def _synthetic(info: info_lib.DatasetInfo, seed: int, process_batch: int,
+               num_batches: int | None = None,
                num_real: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """One random host batch, repeated: forever (train), or num_batches times with a
   mask that is 1 for the first num_real examples (eval)."""
@@ -261,7 +239,4 @@ def _synthetic(info: info_lib.DatasetInfo, seed: int, process_batch: int, layout
     if num_batches is not None:
       real = np.arange(step * process_batch, (step + 1) * process_batch) < num_real
       batch = {**batch, "mask": real.astype(np.float32)}
-    if layout == "pmap":
-      yield {key: x.reshape(num_devices, -1, *x.shape[1:]) for key, x in batch.items()}
-    else:
-      yield batch
+    yield batch

@@ -6,6 +6,8 @@ import socket
 
 import tensorflow_datasets as tfds
 
+from resnet_ln.data import embedded  # pylint: disable=unused-import  # Registers digits, pydoc_topics.
+
 EMBEDDED = ("digits", "pydoc_topics")
 SYNTHETIC = ("synthetic_image", "synthetic_text")
 # TFDS's own downloads and its mirror of prepared datasets live here.

@@ -42,7 +42,7 @@ def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config fields recorded with every checkpoint."""
   fields = {}
   for name in IDENTITY_FIELDS:
-    value = config.get(name)
+    value = config[name]
     fields[name] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
   return fields
 
@@ -182,6 +182,10 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("resnet_ln: unreadable checkpoints moved")
     self.manager.reload()
+
+  def latest_step(self) -> int | None:
+    """The step of the newest checkpoint (saved, or being saved), or None."""
+    return self.manager.latest_step()
 
   def _path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))

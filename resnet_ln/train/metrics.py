@@ -1,13 +1,48 @@
 """Where metrics go: the console (absl logging), `workdir/metrics.jsonl` and
-TensorBoard event files. Only process 0 writes files."""
+TensorBoard event files (only process 0 writes files); and the train metrics
+accumulated between two log lines."""
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
-import tensorflow as tf
 from absl import logging
+
+from resnet_ln.data.cpu_tensorflow import tf
+from resnet_ln.train.tasks import Task
+
+
+class TrainWindow:
+  """The train steps since the last log line: metric sums, skipped updates, wall time."""
+
+  def __init__(self) -> None:
+    self.reset()
+
+  def reset(self) -> None:
+    self.sums: dict[str, float] = {}
+    self.steps = 0  # Steps run, skipped ones included.
+    self.skipped = 0  # Updates dropped for a non-finite gradient.
+    self.start = time.time()
+
+  def add(self, metrics: dict[str, Any]) -> None:
+    """Adds one step's fetched metric sums (a skipped step: `skip` instead)."""
+    for name, value in metrics.items():
+      self.sums[name] = self.sums.get(name, 0.0) + float(value)
+    self.steps += 1
+
+  def skip(self) -> None:
+    """Counts a step whose update was dropped; its inf/NaN metrics are left out."""
+    self.skipped += 1
+    self.steps += 1
+
+  def steps_per_sec(self) -> float:
+    return self.steps / max(time.time() - self.start, 1e-9)
+
+  def summary(self, task: Task) -> dict[str, float]:
+    """The window's mean metrics over its steps that were not skipped."""
+    return task.summarize(self.sums)
 
 
 class MetricWriter:

@@ -1,14 +1,10 @@
 """Optimisers and learning-rate schedules from the config (optax)."""
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
+import ml_collections
 import optax
-
-if TYPE_CHECKING:  # Only for the hints: the benchmark imports this without ml_collections.
-  import ml_collections
 
 SCHEDULES = ("constant", "piecewise", "step", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
@@ -20,7 +16,7 @@ def scaled_learning_rate(config: ml_collections.ConfigDict) -> float:
   `learning_rate` is the rate for `lr_base_batch_size` examples (the ImageNet
   recipe's 0.1 per 256); 0 leaves it unscaled.
   """
-  base = config.get("lr_base_batch_size", 0)
+  base = config.lr_base_batch_size
   scale = config.batch_size / base if base else 1.0
   return config.learning_rate * scale
 
@@ -41,11 +37,11 @@ def create_learning_rate_schedule(
   - cosine: cosine decay from the peak to 0 at `num_train_steps`.
   """
   peak = scaled_learning_rate(config)
-  warmup = config.get("warmup_steps", 0)
-  if config.get("warmup_epochs", 0):
+  warmup = config.warmup_steps
+  if config.warmup_epochs:
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
-  boundaries = list(config.get("lr_boundaries", ()) or ())
-  if config.get("lr_boundaries_epochs"):
+  boundaries = list(config.lr_boundaries)
+  if config.lr_boundaries_epochs:
     boundaries = [int(round(e * steps_per_epoch)) for e in config.lr_boundaries_epochs]
 
   name = config.schedule
@@ -89,20 +85,20 @@ def create_optimizer(
 
   Global-norm gradient clipping first when `grad_clip_norm` > 0.
   """
-  mask = lambda params: _decay_mask(params, config.get("weight_decay_all", False))
+  mask = lambda params: _decay_mask(params, config.weight_decay_all)
   if config.optimizer == "sgd":
     tx = optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask),
         optax.sgd(schedule, momentum=config.momentum or None,
-                  nesterov=config.get("nesterov", False)),
+                  nesterov=config.nesterov),
     )
   elif config.optimizer == "adamw":
     tx = optax.adamw(
-        schedule, b1=config.get("adam_b1", 0.9), b2=config.get("adam_b2", 0.999),
+        schedule, b1=config.adam_b1, b2=config.adam_b2,
         weight_decay=config.weight_decay, mask=mask,
     )
   else:
     raise ValueError(f"config.optimizer={config.optimizer!r} is not one of {OPTIMIZERS}.")
-  if config.get("grad_clip_norm", 0.0) > 0:
+  if config.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
   return tx

@@ -20,8 +20,6 @@ from resnet_ln.train.tasks import Task
 LOSS_SCALE_GROWTH_INTERVAL = 2000
 MAX_LOSS_SCALE = 2.0**24
 INITIAL_LOSS_SCALE = 2.0**15  # float16 runs start here.
-# config.dtype -> the models' compute dtype.
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:

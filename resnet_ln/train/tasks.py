@@ -11,23 +11,29 @@ import jax
 import jax.numpy as jnp
 import optax
 
-TASKS = ("classification", "language_modeling")
-
-
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """A task: the batch key holding the model input and how outputs are scored.
+  """A task: what the model is fed, what it is sized by, and how outputs are scored.
 
   Attributes:
     name: 'classification' or 'language_modeling'.
     input_key: the batch entry passed to the model.
     label_key: the batch entry holding integer targets.
+    input_dtype: the model input's dtype ('float32' images, 'int32' tokens).
+    size_argument: the model constructor argument that takes the dataset's
+      `num_classes` ('num_classes', or 'vocab_size' for language models).
+    count_name: what the eval summary counts ('examples' or 'tokens').
+    top5: whether metrics include top-5 accuracy (with more than 5 classes).
     label_smoothing: mass spread uniformly over all classes (classification).
   """
 
   name: str
   input_key: str
   label_key: str
+  input_dtype: str
+  size_argument: str
+  count_name: str
+  top5: bool
   label_smoothing: float = 0.0
 
   def per_example_loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -63,7 +69,7 @@ class Task:
         "accuracy": jnp.sum(correct * weights),
         "count": jnp.sum(weights),
     }
-    if self.name == "classification" and logits.shape[-1] > 5:
+    if self.top5 and logits.shape[-1] > 5:
       top5 = jax.lax.top_k(logits, 5)[1]
       sums["top5_accuracy"] = jnp.sum(jnp.any(top5 == labels[..., None], -1) * weights)
     return sums
@@ -73,16 +79,23 @@ class Task:
     count = float(sums.get("count", 0.0))  # 0 when every step of a window was skipped.
     out = {k: float(v) / max(count, 1.0) for k, v in sums.items()
            if k not in ("count", "nonfinite")}
-    if self.name == "language_modeling" and "loss" in out:
+    if self.count_name == "tokens" and "loss" in out:
       out["bits_per_char"] = out["loss"] / math.log(2)
-    out["examples" if self.name == "classification" else "tokens"] = count
+    out[self.count_name] = count
     return out
+
+
+_TASKS = {
+    "classification": dict(input_key="image", label_key="label", input_dtype="float32",
+                           size_argument="num_classes", count_name="examples", top5=True),
+    "language_modeling": dict(input_key="inputs", label_key="targets", input_dtype="int32",
+                              size_argument="vocab_size", count_name="tokens", top5=False),
+}
+TASKS = tuple(_TASKS)
 
 
 def get_task(name: str, label_smoothing: float = 0.0) -> Task:
   """The task for a dataset's `DatasetInfo.task`."""
-  if name == "classification":
-    return Task(name, "image", "label", label_smoothing)
-  if name == "language_modeling":
-    return Task(name, "inputs", "targets", label_smoothing)
-  raise ValueError(f"Unknown task {name!r}; known tasks: {TASKS}.")
+  if name not in _TASKS:
+    raise ValueError(f"Unknown task {name!r}; known tasks: {TASKS}.")
+  return Task(name=name, label_smoothing=label_smoothing, **_TASKS[name])

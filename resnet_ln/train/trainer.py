@@ -6,7 +6,6 @@ device work is in `steps.py`; this file holds the side effects.
 """
 
 import functools
-import json
 import os
 import signal
 import time
@@ -15,7 +14,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -23,16 +21,15 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from resnet_ln import data
-from resnet_ln.models import get_model
+from resnet_ln.train import build
 from resnet_ln.train import checkpoint as checkpoint_lib
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
 from resnet_ln.train import steps
-from resnet_ln.train.metrics import MetricWriter
-from resnet_ln.train.state import TrainState, create_train_state
+from resnet_ln.train.metrics import MetricWriter, TrainWindow
+from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import Task, get_task
 from resnet_ln.train.validation import ConfigError, model_error, validate_config
-
 
 
 class NonFiniteError(FloatingPointError):
@@ -43,33 +40,11 @@ class NonFiniteError(FloatingPointError):
 # Building blocks.
 # ----------------------------------------------------------------------------
 def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> nn.Module:
-  """The registered model for the dataset's task, with the data axis for BatchNorm."""
-  kwargs = dict(config.model_kwargs)
-  kwargs["num_classes" if info.task == "classification" else "vocab_size"] = info.num_classes
+  """`build.create_model`, with a model that cannot be built reported as a config error."""
   try:
-    model = get_model(config.model, dtype=steps.DTYPES[config.dtype], **kwargs)
+    return build.create_model(config, info)
   except (TypeError, ValueError) as e:
     raise model_error(config, e) from None
-  if hasattr(model, "axis_name"):
-    model = model.clone(axis_name=parallel_lib.AXIS)
-  return model
-
-
-def initial_state(config: ml_collections.ConfigDict, model: nn.Module, info: data.DatasetInfo,
-                  tx: optax.GradientTransformation) -> TrainState:
-  """A fresh state as NumPy arrays (identical on every process: same seed)."""
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  input_dtype = jnp.float32 if info.task == "classification" else jnp.int32
-  dummy = jnp.zeros((1, *info.example_shape), input_dtype)
-
-  @jax.jit
-  def init():
-    variables = model.init(init_rng, dummy, train=False)
-    loss_scale = steps.INITIAL_LOSS_SCALE if config.dtype == "float16" else 1.0
-    return create_train_state(train_rng, variables["params"], variables.get("batch_stats", {}),
-                              tx, loss_scale)
-
-  return jax.device_get(init())
 
 
 def check_workdir(workdir: str) -> None:
@@ -120,23 +95,13 @@ def _shared_workdir_error(workdir: str, error: str | None, timeout_s: float = 10
   return None
 
 
-def training_length(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> tuple[int, int]:
-  """(steps per epoch, total train steps) for the global batch size."""
-  steps_per_epoch = max(info.num_train // config.batch_size, 1)
-  if config.num_train_steps > 0:
-    return steps_per_epoch, config.num_train_steps
-  return steps_per_epoch, int(round(config.num_epochs * steps_per_epoch))
-
-
-def evaluate(p_eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
+def evaluate(eval_step_fn: Callable, state: TrainState, config: ml_collections.ConfigDict,
              parallel: parallel_lib.Parallelism, task: Task) -> dict[str, float]:
   """Metrics over the whole eval split (every example once, padding masked out)."""
-  batches = data.create_eval_iterator(config, layout=parallel.layout,
-                                      num_devices=len(parallel.devices))
-  sums = [p_eval_step(state, batch) for batch in data.prefetch_to_device(
-      batches, 2, parallel.batch_sharding, devices=parallel.devices)]
+  batches = parallel.prefetch(data.create_eval_iterator(config))
+  sums = [eval_step_fn(state, batch) for batch in batches]
   if not sums:
-    raise ConfigError(f"config.eval_split={config.get('eval_split')!r}: the eval split of "
+    raise ConfigError(f"config.eval_split={config.eval_split!r}: the eval split of "
                       f"{config.dataset!r} is empty; choose a split that has examples.")
   sums = [parallel.unreplicate_metrics(s) for s in jax.device_get(sums)]
   totals = {k: float(np.sum([s[k] for s in sums])) for k in sums[0]}
@@ -177,20 +142,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   info = data.get_dataset_info(config)
   task = get_task(info.task, config.label_smoothing)
   parallel = parallel_lib.create_parallelism(config.parallelism, config.num_devices)
-  num_devices = len(parallel.devices) * jax.process_count()
-  if config.batch_size % num_devices or config.eval_batch_size % num_devices:
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} and config.eval_batch_size="
-        f"{config.eval_batch_size} must both divide by the number of devices ({num_devices})."
-    )
+  parallel.check_batch_size(config.batch_size, "batch_size")
+  parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
   model = create_model(config, info)
-  steps_per_epoch, num_train_steps = training_length(config, info)
+  steps_per_epoch, num_train_steps = build.training_length(config, info)
   schedule = optimizer_lib.create_learning_rate_schedule(config, num_train_steps, steps_per_epoch)
   tx = optimizer_lib.create_optimizer(config, schedule)
 
   # --- State: fresh, or the newest readable checkpoint. ---
   check_workdir(workdir)
-  host_state = initial_state(config, model, info, tx)
+  host_state = build.initial_state(config, model, info, tx)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.max_to_keep)
   restored = checkpointer.restore(host_state, config)
   if restored:
@@ -200,11 +161,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = 0
   state = parallel.put_state(host_state)
   del host_state
-  num_params = sum(x.size for x in jax.tree.leaves(state.params)) // (
-      len(parallel.devices) if parallel.layout == "pmap" else 1)
   logging.info("Model %s: %s parameters; %d devices (%s), %d train steps of %d examples.",
-               config.model, f"{num_params:,}", num_devices, config.parallelism,
-               num_train_steps, config.batch_size)
+               config.model, f"{parallel.num_params(state.params):,}", parallel.num_devices,
+               parallel.name, num_train_steps, config.batch_size)
 
   writer = MetricWriter(workdir)
   if writer.is_primary:
@@ -212,30 +171,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f.write(config.to_json_best_effort(indent=2))
 
   dynamic_loss_scale = config.dtype == "float16"
-  # Steps whose update the step function drops when the gradient is not finite:
-  # float16's loss scaling does so (halving the scale) on every overflow.
-  skips_nonfinite = config.skip_nonfinite or dynamic_loss_scale
-  p_train_step = parallel.train_fn(functools.partial(
+  # The step drops the update of a non-finite gradient when asked to, and
+  # float16's loss scaling does so (halving the scale) on every overflow;
+  # otherwise a non-finite step stops the run.
+  nonfinite_is_error = not (config.skip_nonfinite or dynamic_loss_scale)
+  train_step_fn = parallel.train_fn(functools.partial(
       steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
       dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite))
-  p_eval_step = parallel.eval_fn(functools.partial(
+  eval_step_fn = parallel.eval_fn(functools.partial(
       steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
-  train_iter = data.prefetch_to_device(
-      data.create_train_iterator(config, start_step=start_step, layout=parallel.layout,
-                                 num_devices=len(parallel.devices)),
-      2, parallel.batch_sharding, devices=parallel.devices)
+  train_batches = parallel.prefetch(data.create_train_iterator(config, start_step=start_step))
 
   # --- Step, log, evaluate, checkpoint. ---
   preemption = _Preemption()
   pending = []  # Device metrics since the last fetch: no host sync per step.
-  window = {"sums": {}, "steps": 0, "start": time.time()}
+  window = TrainWindow()
   eval_metrics = {}
   step = start_step
-  last_saved = start_step if restored else None
   preempted = False
   try:
     while step < num_train_steps:
-      state, metrics = p_train_step(state, next(train_iter))
+      state, metrics = train_step_fn(state, next(train_batches))
       pending.append(metrics)
       step += 1
       is_last = step == num_train_steps
@@ -243,23 +199,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           preemption.agreed()
       should_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
       if step % config.log_every_steps == 0 or is_last or should_save:
-        _fetch(pending, window, parallel, step, skips_nonfinite, last_saved)
+        _fetch(pending, window, parallel, step, nonfinite_is_error, checkpointer)
         pending = []
       if step % config.log_every_steps == 0 or is_last:
-        _log_train(writer, window, step, num_train_steps, schedule, config, num_devices, task)
+        _log_train(writer, window, step, num_train_steps, schedule, config,
+                   parallel.num_devices, task)
       if should_save:
         checkpointer.save(step, parallel.get_state(state), config)
-        last_saved = step
       if preempted:
         logging.warning("Stopping at step %d after SIGTERM; rerun the command to resume.", step)
         break
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
-        eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
+        eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
         writer.write(step, "eval", eval_metrics)
     if step == num_train_steps and not preempted:
       # The final eval, here rather than in the loop so that a rerun of a
       # finished run (or of one stopped before this eval) evaluates it too.
-      eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
+      eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
       writer.write(step, "eval", eval_metrics)
   finally:
     preemption.restore()
@@ -268,36 +224,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return {"step": step, **eval_metrics}
 
 
-def _fetch(pending: list[Any], window: dict[str, Any], parallel: parallel_lib.Parallelism,
-           step: int, skip_nonfinite: bool, last_saved: int | None) -> None:
+def _fetch(pending: list[Any], window: TrainWindow, parallel: parallel_lib.Parallelism,
+           step: int, nonfinite_is_error: bool,
+           checkpointer: checkpoint_lib.Checkpointer) -> None:
   """Adds the pending device metrics to the log window; stops on a non-finite step."""
   fetched = [parallel.unreplicate_metrics(m) for m in jax.device_get(pending)]
   first = step - len(fetched) + 1
   for offset, metrics in enumerate(fetched):
-    if metrics["nonfinite"] and not skip_nonfinite:
-      kept = f"the last checkpoint (step {last_saved}) is kept" if last_saved else \
-          "no checkpoint was written"
+    nonfinite = metrics.pop("nonfinite")
+    if nonfinite and nonfinite_is_error:
+      last_saved = checkpointer.latest_step()
+      kept = (f"the last checkpoint (step {last_saved}) is kept" if last_saved is not None
+              else "no checkpoint was written")
       raise NonFiniteError(
           f"Non-finite loss or gradient at step {first + offset}; {kept}. Lower the "
           "learning rate, add gradient clipping (config.grad_clip_norm), or set "
           "config.skip_nonfinite=True to skip such updates."
       )
-    if metrics["nonfinite"]:  # A skipped update: counted, its inf/NaN metrics left out.
-      window["sums"]["nonfinite"] = window["sums"].get("nonfinite", 0.0) + 1.0
-      continue
-    for name, value in metrics.items():
-      if name != "nonfinite":
-        window["sums"][name] = window["sums"].get(name, 0.0) + float(value)
-  window["steps"] += len(fetched)
+    if nonfinite:
+      window.skip()
+    else:
+      window.add(metrics)
 
 
-def _log_train(writer: MetricWriter, window: dict[str, Any], step: int, num_train_steps: int,
+def _log_train(writer: MetricWriter, window: TrainWindow, step: int, num_train_steps: int,
                schedule: optax.Schedule, config: ml_collections.ConfigDict, num_devices: int,
                task: Task) -> None:
   """Writes the train metrics of the window since the last log, and resets it."""
-  elapsed = time.time() - window["start"]
-  steps_per_sec = window["steps"] / max(elapsed, 1e-9)
-  metrics = task.summarize(window["sums"])
+  steps_per_sec = window.steps_per_sec()
+  metrics = window.summary(task)
   metrics.update(
       learning_rate=float(schedule(step - 1)),
       steps_per_sec=steps_per_sec,
@@ -305,7 +260,7 @@ def _log_train(writer: MetricWriter, window: dict[str, Any], step: int, num_trai
       examples_per_sec_per_device=steps_per_sec * config.batch_size / num_devices,
       eta_seconds=(num_train_steps - step) / max(steps_per_sec, 1e-9),
   )
-  if window["sums"].get("nonfinite"):
-    metrics["skipped_steps"] = window["sums"]["nonfinite"]
+  if window.skipped:
+    metrics["skipped_steps"] = float(window.skipped)
   writer.write(step, "train", metrics)
-  window.update(sums={}, steps=0, start=time.time())
+  window.reset()

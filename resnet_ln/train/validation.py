@@ -8,13 +8,11 @@ from typing import Any
 
 import ml_collections
 
-from resnet_ln.data.info import MAX_SEED
+from resnet_ln.data.pipeline import MAX_SEED
 from resnet_ln.models import get_model
+from resnet_ln.train.build import DTYPES
 from resnet_ln.train.optimizer import OPTIMIZERS, SCHEDULES
-from resnet_ln.train import steps
 from resnet_ln.train.parallel import PARALLELISMS
-
-DTYPES = tuple(steps.DTYPES)
 
 
 class ConfigError(ValueError):
@@ -44,13 +42,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     raise model_error(config, e) from None
   for field, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                         ("parallelism", PARALLELISMS), ("dtype", DTYPES)):
+                         ("parallelism", PARALLELISMS), ("dtype", tuple(DTYPES))):
     _require(config[field] in allowed, field, config[field], f"one of {allowed}")
   for field in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
                 "max_to_keep"):
     _require(_is_int(config[field]) and config[field] > 0, field, config[field],
              "must be a positive integer")
-  image_size, seq_len = config.get("image_size"), config.get("seq_len", 1)
+  image_size, seq_len = config.image_size, config.seq_len
   _require(image_size is None or (_is_int(image_size) and image_size > 0), "image_size",
            image_size, "must be a positive integer, or None for the dataset's own size")
   _require(_is_int(seq_len) and seq_len > 0, "seq_len", seq_len, "must be a positive integer")
@@ -66,7 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0 <= config.momentum < 1, "momentum", config.momentum, "must be in [0, 1)")
   _require(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing,
            "must be in [0, 1)")
-  data_dir = config.get("data_dir")
+  data_dir = config.data_dir
   # A typo here would otherwise make TFDS download the dataset into a new directory.
   _require(not data_dir or "://" in data_dir or os.path.isdir(data_dir), "data_dir", data_dir,
            "no such directory (None: $TFDS_DATA_DIR or ~/tensorflow_datasets)")

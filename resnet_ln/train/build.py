@@ -1,0 +1,68 @@
+"""What a run is made of, from its config: the model, the initial state, the training length.
+
+The jax-only core that the trainer and the benchmarks share: it imports neither
+TensorFlow nor TFDS nor Orbax, so it runs wherever jax, flax, optax and
+ml_collections are installed (an accelerator image without TensorFlow, say).
+
+    info = data.get_dataset_info(config)
+    model = build.create_model(config, info)
+    tx = optimizer.create_optimizer(config, schedule)
+    host_state = build.initial_state(config, model, info, tx)
+"""
+
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from resnet_ln.models import get_model
+from resnet_ln.train import parallel
+from resnet_ln.train import steps
+from resnet_ln.train.state import TrainState, create_train_state
+from resnet_ln.train.tasks import get_task
+
+if TYPE_CHECKING:
+  from resnet_ln.data.info import DatasetInfo
+
+# config.dtype -> the models' compute dtype.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def create_model(config: ml_collections.ConfigDict, info: "DatasetInfo") -> nn.Module:
+  """The registered `config.model` sized for the dataset, with the data axis for BatchNorm.
+
+  Raises:
+    TypeError, ValueError: config.model_kwargs do not build the model.
+  """
+  kwargs = {**config.model_kwargs, get_task(info.task).size_argument: info.num_classes}
+  model = get_model(config.model, dtype=DTYPES[config.dtype], **kwargs)
+  if hasattr(model, "axis_name"):
+    model = model.clone(axis_name=parallel.AXIS)
+  return model
+
+
+def initial_state(config: ml_collections.ConfigDict, model: nn.Module, info: "DatasetInfo",
+                  tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state as NumPy arrays (identical on every process: same seed)."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  dummy = jnp.zeros((1, *info.example_shape), get_task(info.task).input_dtype)
+  loss_scale = steps.INITIAL_LOSS_SCALE if config.dtype == "float16" else 1.0
+
+  @jax.jit
+  def init():
+    variables = model.init(init_rng, dummy, train=False)
+    return create_train_state(train_rng, variables["params"], variables.get("batch_stats", {}),
+                              tx, loss_scale)
+
+  return jax.device_get(init())
+
+
+def training_length(config: ml_collections.ConfigDict, info: "DatasetInfo") -> tuple[int, int]:
+  """(steps per epoch, total train steps) for the global batch size."""
+  steps_per_epoch = max(info.num_train // config.batch_size, 1)
+  if config.num_train_steps > 0:
+    return steps_per_epoch, config.num_train_steps
+  return steps_per_epoch, int(round(config.num_epochs * steps_per_epoch))
