@@ -101,7 +101,7 @@ def train_batches(jpegs: list[bytes], options: Options, threads: int):
              .batch(options.batch_size, drop_remainder=True))
   threading = tf.data.Options()
   threading.threading.private_threadpool_size = threads
-  return pipeline.finish_batches(batches.with_options(threading), DATASET, "global", 1)
+  return pipeline.finish_batches(batches.with_options(threading), DATASET)
 
 
 def _pin(cores: int) -> tuple[int, set[int] | None]:

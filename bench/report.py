@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from bench import throughput
+from bench import tables
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 INTRO_START = "<!-- intro: hand-written, kept by `python -m bench.report` -->"
@@ -28,7 +28,7 @@ the devices; see `bench/throughput.py` for what is timed. Add a row with
 `python -m bench.throughput ...`, then regenerate this file with
 `python -m bench.report`.
 """
-COLUMNS = throughput.HEADER + ("cuDNN LSTM ref", "peak matmul TFLOP/s", "version", "date",
+COLUMNS = tables.HEADER + ("cuDNN LSTM ref", "peak matmul TFLOP/s", "version", "date",
                                "command")
 THROUGHPUT = "throughput"
 
@@ -86,7 +86,7 @@ def row(result: dict[str, Any]) -> list[str]:
   version = result["package_version"]
   if result.get("git_commit"):
     version += f" ({result['git_commit']})"
-  return [*throughput.table_row(result), _cudnn_cell(result),
+  return [*tables.table_row(result), _cudnn_cell(result),
           f"{result['peak_matmul']['tflops_per_s_max']:.3g}", version, result["date"][:10],
           f"`{result['command']}`"]
 
@@ -144,7 +144,7 @@ def render(results: list[dict[str, Any]], intro: str) -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m bench.report",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("--results-dir", default=throughput.RESULTS_DIR)
+  parser.add_argument("--results-dir", default=tables.RESULTS_DIR)
   parser.add_argument("--output", default=os.path.join(BENCH_DIR, "RESULTS.md"))
   args = parser.parse_args(argv)
   results = load_results(args.results_dir)

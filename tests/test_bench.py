@@ -11,7 +11,9 @@ import textwrap
 import pytest
 from jax.experimental import rnn
 
+from bench import cudnn
 from bench import report
+from bench import tables
 from bench import throughput
 
 TINY = ["--batch-size", "16", "--steps", "2", "--windows", "2", "--warmup", "1",
@@ -83,7 +85,7 @@ def _lstm_without_cudnn(x, h_0, c_0, weights, seq_lengths, input_size, hidden_si
 
 
 def test_cudnn_reference_is_timed_beside_char_lm_where_available(tmp_path, monkeypatch):
-  monkeypatch.setattr(throughput, "cudnn_skip_reason", lambda: None)
+  monkeypatch.setattr(cudnn, "cudnn_skip_reason", lambda: None)
   monkeypatch.setattr(rnn, "lstm", _lstm_without_cudnn)
   output = tmp_path / "char_lm.json"
   assert throughput.main([*TINY_CHAR_LM, "--layer-norm", "false", "--dtype", "bfloat16",
@@ -96,7 +98,7 @@ def test_cudnn_reference_is_timed_beside_char_lm_where_available(tmp_path, monke
   _positive(reference["train"], "tokens_per_s", "flops_per_step", "mfu")
   # Same sizes, hence the same analytic FLOPs as our LSTM.
   assert reference["train"]["flops_per_step"] == result["train"]["flops_per_step"]
-  assert "our time/token" in report.row(result)[len(throughput.HEADER)]
+  assert "our time/token" in report.row(result)[len(tables.HEADER)]
 
 
 def test_layer_norm_both_expands_to_one_run_per_setting():
@@ -111,8 +113,8 @@ def test_one_json_file_for_several_workloads_is_refused():
     throughput.main(["--model", "char_lm", "--layer-norm", "both", "--output", "out.json"])
 
 
-def test_bench_imports_without_tensorflow_or_ml_collections():
-  blocked = ("tensorflow", "tensorflow_datasets", "ml_collections", "orbax")
+def test_bench_imports_without_tensorflow_tfds_or_orbax():
+  blocked = ("tensorflow", "tensorflow_datasets", "orbax")
   script = textwrap.dedent(f"""
       import importlib.abc, sys
       class Block(importlib.abc.MetaPathFinder):
@@ -120,7 +122,9 @@ def test_bench_imports_without_tensorflow_or_ml_collections():
           if name.split(".")[0] in {blocked!r}:
             raise ModuleNotFoundError(name)
       sys.meta_path.insert(0, Block())
-      import bench.report, bench.throughput
+      import bench.report
+      assert "jax" not in sys.modules, "bench.report imported JAX"
+      import bench.throughput
       print(sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r}))
   """)
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
