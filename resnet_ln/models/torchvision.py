@@ -47,10 +47,10 @@ _MAX_NAMES = 5
 _PTH_ADVICE = (
     "Reading .pth/.pt files needs torch (pip install torch). Or convert the file "
     "once where torch is installed:\n"
-    "  python -c \"import torch, numpy as np; sd = torch.load('{path}', "
+    "  python -c \"import torch, numpy as np; sd = torch.load({path!r}, "
     "map_location='cpu', weights_only=True); "
-    "np.savez('{stem}.npz', **{{k: v.numpy() for k, v in sd.items()}})\"\n"
-    "and load '{stem}.npz' instead.")
+    "np.savez({npz!r}, **{{k: v.numpy() for k, v in sd.items()}})\"\n"
+    "and load {npz!r} instead.")
 
 
 def _first_names(names: list[str]) -> str:
@@ -87,7 +87,7 @@ def load_state_dict(path: PathLike) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError as e:
-    raise ImportError(_PTH_ADVICE.format(path=path, stem=stem)) from e
+    raise ImportError(_PTH_ADVICE.format(path=path, npz=f"{stem}.npz")) from e
   state_dict = torch.load(path, map_location="cpu", weights_only=True)
   # numpy has no bfloat16; every float fits float32, which the models use anyway.
   return {key: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
