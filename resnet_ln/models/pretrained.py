@@ -107,12 +107,13 @@ def merge_variables(
   missing = sorted(set(fresh) - set(source) - excluded)
   unexpected = sorted(set(source) - set(fresh))
   if missing or unexpected:
-    problems = []
+    problems = ["The source does not fit the model."]
     if missing:
-      problems.append(f"the source lacks {_first_names(missing)}")
+      problems.append(f"Not in the source: {_first_names(missing)} (exclude= keeps such "
+                      f"variables fresh).")
     if unexpected:
-      problems.append(f"the model lacks {_first_names(unexpected)}")
-    raise ValueError(f"The source does not fit the model: {'; '.join(problems)}.")
+      problems.append(f"Not in the model: {_first_names(unexpected)}.")
+    raise ValueError(" ".join(problems))
 
   merged, loaded, reinitialised = {}, [], {}
   for path, value in fresh.items():
