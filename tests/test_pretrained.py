@@ -124,6 +124,13 @@ def test_load_pretrained_rejects_resnet50_weights_for_resnet18(resnet18_10):
     load_pretrained(model, _torchvision_state("resnet50"), fresh)
 
 
+def test_load_pretrained_names_keys_no_torchvision_resnet_has(resnet18_imagenet, resnet18_10):
+  model, fresh = resnet18_10
+  state = {**resnet18_imagenet, "classifier.weight": np.zeros((10, 512))}
+  with pytest.raises(ValueError, match=r"Not torchvision ResNet keys: classifier\.weight\."):
+    load_pretrained(model, state, fresh)
+
+
 def test_load_pretrained_keeps_a_fresh_stem_for_one_channel_images(resnet18_imagenet):
   model = get_model("resnet18", num_classes=10)
   fresh = _random_variables(model, channels=1)

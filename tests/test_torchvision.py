@@ -278,9 +278,13 @@ def test_load_state_dict_reads_pth_with_torch_load_on_cpu_weights_only(tmp_path,
             "fc.bias": Tensor(np.zeros(10), dtype="bfloat16")}
 
   fake_torch = type(sys)("torch")
-  fake_torch.load, fake_torch.bfloat16 = load, "bfloat16"
+  fake_torch.load, fake_torch.bfloat16, fake_torch.Tensor = load, "bfloat16", Tensor
   monkeypatch.setitem(sys.modules, "torch", fake_torch)
   state = load_state_dict(path)
   assert calls == [(str(path), {"map_location": "cpu", "weights_only": True})]
   assert state["conv1.weight"].shape == (64, 3, 7, 7)
   assert state["fc.bias"].dtype == np.float32
+
+  fake_torch.load = lambda f, **kwargs: {"epoch": 3, "state_dict": {}}
+  with pytest.raises(ValueError, match=r"resnet18\.pth' holds more than .*epoch, state_dict"):
+    load_state_dict(path)

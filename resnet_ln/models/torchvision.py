@@ -37,10 +37,12 @@ _TOP_MODULES = {"stem_conv": "conv1", "stem_norm": "bn1", "head": "fc"}
 _BLOCK_MODULES = {"proj_conv": "downsample.0", "proj_norm": "downsample.1"}
 _LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias",
            "mean": "running_mean", "var": "running_var"}
+_FLAX_TOP_MODULES = {torch: ours for ours, torch in _TOP_MODULES.items()}
+_FLAX_BLOCK_MODULES = {torch: ours for ours, torch in _BLOCK_MODULES.items()}
 _TORCH_KEY = re.compile(
-    r"(?:layer(?P<stage>\d+)\.(?P<block>\d+)\.)?"
-    r"(?P<module>conv\d+|bn\d+|downsample\.[01]|fc)\."
-    r"(?P<leaf>weight|bias|running_mean|running_var)")
+    r"(?:(?P<top>conv1|bn1|fc)"
+    r"|layer(?P<stage>\d+)\.(?P<block>\d+)\.(?P<inner>conv\d+|bn\d+|downsample\.[01]))"
+    r"\.(?P<leaf>weight|bias|running_mean|running_var)")
 # How many names an error lists before "and N more".
 _MAX_NAMES = 5
 
@@ -67,7 +69,9 @@ def load_state_dict(path: PathLike) -> dict[str, np.ndarray]:
 
   Raises:
     FileNotFoundError: no file at `path`.
-    ValueError: an extension other than the four above.
+    ValueError: an extension other than the four above, or a `.pth`/`.pt` file
+      holding more than tensors (e.g. a training checkpoint with the state dict
+      under one of its keys).
     ImportError: a `.pth`/`.pt` file without torch; the message says how to convert it.
   """
   path = os.fspath(path)
@@ -89,6 +93,11 @@ def load_state_dict(path: PathLike) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise ImportError(_PTH_ADVICE.format(path=path, npz=f"{stem}.npz")) from e
   state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+  if not_tensors:
+    raise ValueError(
+        f"{path!r} holds more than a state dict of tensors ({_first_names(not_tensors)} "
+        f"are not tensors): save `model.state_dict()` alone.")
   # numpy has no bfloat16; every float fits float32, which the models use anyway.
   return {key: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
           for key, value in state_dict.items()}
@@ -124,20 +133,14 @@ def _flax_path(key: str) -> str | None:
   match = _TORCH_KEY.fullmatch(key)
   if not match:
     return None
-  module = match["module"]
-  if match["stage"] is None:
-    top = {torch: ours for ours, torch in _TOP_MODULES.items()}
-    if module not in top:
-      return None
-    modules = [top[module]]
+  if match["top"]:
+    modules = [_FLAX_TOP_MODULES[match["top"]]]
   else:
-    inner = {torch: ours for ours, torch in _BLOCK_MODULES.items()}
-    if module == "fc":
-      return None
+    inner = match["inner"]
     modules = [f"stage{match['stage']}_block{match['block']}",
-               inner.get(module, re.sub(r"^bn", "norm", module))]
+               _FLAX_BLOCK_MODULES.get(inner, re.sub(r"^bn", "norm", inner))]
   leaf = {"running_mean": "mean", "running_var": "var", "bias": "bias"}.get(match["leaf"])
-  if leaf is None:  # 'weight': a norm's scale or a conv's / dense's kernel.
+  if leaf is None:  # 'weight': a norm's scale, or a conv's or the dense head's kernel.
     leaf = "scale" if "norm" in modules[-1] else "kernel"
   collection = "batch_stats" if leaf in ("mean", "var") else "params"
   return "/".join([collection, *modules, leaf])
