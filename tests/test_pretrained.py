@@ -206,6 +206,9 @@ def test_trainable_mask_freezes_paths_the_regex_matches(resnet18_10):
   assert sorted(path for path, trainable in mask.items() if trainable) == [
       "head/bias", "head/kernel"]
   assert all(jax.tree.leaves(trainable_mask(params, None)))
+  frozen_dict = flax.core.freeze(params)
+  assert (jax.tree.structure(trainable_mask(frozen_dict, "^head"))
+          == jax.tree.structure(frozen_dict))
   with pytest.raises(ValueError, match=r"'\^layer1' matches no parameter path"):
     trainable_mask(params, "^layer1")
 

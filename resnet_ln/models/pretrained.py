@@ -207,8 +207,8 @@ def replace_head(variables: Variables, num_classes: int, rng: jax.Array) -> dict
   return {**variables, "params": {**params, "head": head["params"]}}
 
 
-def trainable_mask(params: Variables, regex: str | None) -> dict[str, Any]:
-  """A pytree of bools like `params`: True to train, False where `regex` matches.
+def trainable_mask(params: Variables, regex: str | None) -> Any:
+  """A pytree of bools shaped as `params`: True to train, False where `regex` matches.
 
   For `optax.masked`, or as labels of `optax.multi_transform`:
 
@@ -226,8 +226,9 @@ def trainable_mask(params: Variables, regex: str | None) -> dict[str, Any]:
     ValueError: `regex` matches no path (a typo would otherwise freeze nothing).
   """
   pattern = _compile(regex)
-  mask = flax.traverse_util.path_aware_map(
-      lambda path, _: not (pattern and pattern.search("/".join(path))), params)
+  # tree_map_with_path keeps the containers (dict or FrozenDict), as optax needs.
+  mask = jax.tree_util.tree_map_with_path(
+      lambda path, _: not (pattern and pattern.search("/".join(k.key for k in path))), params)
   if pattern and all(jax.tree.leaves(mask)):
     paths = flax.traverse_util.flatten_dict(params, sep="/")
     raise ValueError(
