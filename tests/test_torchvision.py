@@ -4,12 +4,18 @@ The reference is an independent NumPy forward pass of torchvision's ResNet (NCHW
 images, OIHW kernels, eval-mode BatchNorm with running statistics, float64).
 """
 
+import importlib.util
+import sys
+
 import jax
 import numpy as np
 import pytest
 
 from resnet_ln.models import from_torchvision
 from resnet_ln.models import get_model
+from resnet_ln.models import load_state_dict
+
+_HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 # torchvision.models.resnet: block kind and blocks per layer.
 _ARCHS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
@@ -159,3 +165,126 @@ def test_from_torchvision_names_key_and_both_shapes_on_mismatch(resnet18_state):
   with pytest.raises(ValueError, match=(r"'layer1\.0\.conv1\.weight'.* \(64, 64, 1, 1\)"
                                         r".* \(64, 64, 3, 3\)")):
     from_torchvision("resnet18", state)
+
+
+def _save(state, path):
+  """Writes a state dict as the file's extension says."""
+  if path.suffix == ".safetensors":
+    import safetensors.numpy
+    safetensors.numpy.save_file(state, str(path))
+  elif path.suffix == ".npz":
+    np.savez(path, **state)
+  else:
+    import torch
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, path)
+
+
+@pytest.fixture(scope="module")
+def resnet18_logits():
+  """Eval-mode logits of get_model('resnet18', num_classes=10) on fixed 32x32 images."""
+  model = get_model("resnet18", num_classes=10)
+  images = np.random.default_rng(2).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  apply = jax.jit(lambda v: model.apply(v, images, train=False))
+  return lambda variables: np.asarray(apply(variables))
+
+
+@pytest.mark.parametrize("extension", [
+    ".safetensors", ".npz",
+    pytest.param(".pth", marks=pytest.mark.skipif(not _HAS_TORCH, reason="needs torch"))])
+def test_from_torchvision_loads_a_file_as_it_loads_the_mapping(
+    extension, tmp_path, resnet18_state, resnet18_logits):
+  path = tmp_path / f"resnet18{extension}"
+  _save(resnet18_state, path)
+  np.testing.assert_array_equal(
+      resnet18_logits(from_torchvision("resnet18", path)),
+      resnet18_logits(from_torchvision("resnet18", resnet18_state)))
+  assert set(load_state_dict(str(path))) == set(resnet18_state)
+
+
+def test_from_torchvision_strips_module_prefix_and_skips_num_batches_tracked(resnet18_state):
+  assert "bn1.num_batches_tracked" in resnet18_state
+  data_parallel = {f"module.{k}": v for k, v in resnet18_state.items()}
+  expected = from_torchvision("resnet18", resnet18_state)
+  actual = from_torchvision("resnet18", data_parallel)
+  assert jax.tree.all(jax.tree.map(np.array_equal, actual, expected))
+
+
+def test_from_torchvision_without_head_loads_a_headless_state_dict(resnet18_state):
+  headless = {k: v for k, v in resnet18_state.items() if not k.startswith("fc.")}
+  variables = from_torchvision("resnet18", headless, include_head=False)
+  assert "head" not in variables["params"]
+  full = from_torchvision("resnet18", resnet18_state)
+  del full["params"]["head"]
+  assert jax.tree.all(jax.tree.map(np.array_equal, variables, full))
+  # A full state dict loads without its head too.
+  variables = from_torchvision("resnet18", resnet18_state, include_head=False)
+  assert "head" not in variables["params"]
+
+
+def test_from_torchvision_checks_num_classes_against_fc_weight(resnet18_state):
+  variables = from_torchvision("resnet18", resnet18_state, num_classes=10)
+  assert variables["params"]["head"]["kernel"].shape == (512, 10)
+  with pytest.raises(ValueError, match=r"num_classes=1000, but 'fc\.weight' .* has 10 rows"):
+    from_torchvision("resnet18", resnet18_state, num_classes=1000)
+  headless = {k: v for k, v in resnet18_state.items() if not k.startswith("fc.")}
+  with pytest.raises(ValueError, match="missing key 'fc.weight'.*include_head=False"):
+    from_torchvision("resnet18", headless)
+
+
+def test_from_torchvision_names_only_the_first_missing_keys(resnet18_state):
+  state = {k: v for k, v in resnet18_state.items() if k.startswith("fc.")}
+  # resnet18 has 100 keys besides fc.weight and fc.bias (num_batches_tracked aside).
+  with pytest.raises(ValueError, match=r"missing keys: (\S+, ){4}\S+ and 95 more\.$"):
+    from_torchvision("resnet18", state)
+
+
+def test_load_state_dict_names_a_missing_file_and_an_unknown_format(tmp_path):
+  with pytest.raises(FileNotFoundError, match="resnet18.npz"):
+    load_state_dict(tmp_path / "resnet18.npz")
+  path = tmp_path / "resnet18.h5"
+  path.write_bytes(b"")
+  with pytest.raises(ValueError, match=r"resnet18\.h5.*\.safetensors, \.npz, \.pth or \.pt"):
+    load_state_dict(path)
+
+
+def test_load_state_dict_without_torch_says_how_to_convert_a_pth_file(tmp_path, monkeypatch):
+  path = tmp_path / "resnet18.pth"
+  path.write_bytes(b"")
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError.
+  with pytest.raises(ImportError, match=r"(?s)pip install torch.*np\.savez\('.*resnet18\.npz'"):
+    from_torchvision("resnet18", path)
+
+
+def test_load_state_dict_reads_pth_with_torch_load_on_cpu_weights_only(tmp_path, monkeypatch):
+  """The .pth path against a stand-in for torch (the real one runs where torch imports)."""
+  path = tmp_path / "resnet18.pth"
+  path.write_bytes(b"")
+  calls = []
+
+  class Tensor:
+    def __init__(self, value, dtype="float32"):
+      self.value, self.dtype = value, dtype
+
+    def float(self):
+      return Tensor(self.value.astype(np.float32))
+
+    def numpy(self):
+      assert self.dtype != "bfloat16", "numpy has no bfloat16"
+      return self.value
+
+  def load(f, **kwargs):
+    calls.append((f, kwargs))
+    return {"conv1.weight": Tensor(np.ones((64, 3, 7, 7), np.float32)),
+            "fc.bias": Tensor(np.zeros(10), dtype="bfloat16")}
+
+  fake_torch = type(sys)("torch")
+  fake_torch.load, fake_torch.bfloat16, fake_torch.Tensor = load, "bfloat16", Tensor
+  monkeypatch.setitem(sys.modules, "torch", fake_torch)
+  state = load_state_dict(path)
+  assert calls == [(str(path), {"map_location": "cpu", "weights_only": True})]
+  assert state["conv1.weight"].shape == (64, 3, 7, 7)
+  assert state["fc.bias"].dtype == np.float32
+
+  fake_torch.load = lambda f, **kwargs: {"epoch": 3, "state_dict": {}}
+  with pytest.raises(ValueError, match=r"resnet18\.pth' holds more than .*epoch, state_dict"):
+    load_state_dict(path)
