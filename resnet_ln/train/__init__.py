@@ -1,9 +1,11 @@
 """The trainer: state, steps, parallelism, optimiser, checkpoints, metrics.
 
-The names below are imported on first use (PEP 562), so that importing one
-submodule (`from resnet_ln.train import steps`, as the benchmark does on machines
-without TensorFlow) does not import the input pipeline; `trainer` and
-`checkpoint` bring in TensorFlow and orbax when they are first touched.
+Two layers. The jax-only core (`build`, `state`, `steps`, `tasks`, `optimizer`,
+`parallel`, `synthetic`) needs jax, flax, optax and ml_collections, and is what
+`bench/` runs on an accelerator image without TensorFlow. The rest (`trainer`,
+`checkpoint`, `metrics`, `validation`) adds the input pipeline (TensorFlow),
+Orbax and TensorBoard. The names below are imported on first use (PEP 562), so
+that `from resnet_ln.train import build` loads the core alone.
 """
 
 import importlib
@@ -17,6 +19,8 @@ _EXPORTS = {
     "train_step": "steps",
     "NonFiniteError": "trainer",
     "create_model": "trainer",
+    "initial_state": "build",
+    "training_length": "build",
     "train_and_evaluate": "trainer",
     "ConfigError": "validation",
     "validate_config": "validation",
