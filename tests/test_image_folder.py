@@ -297,6 +297,21 @@ def test_skip_bad_images_leaves_out_and_counts_the_files_that_are_not_images(tmp
   assert batch["image"].shape == (4, 32, 32, 3)
 
 
+def test_a_damaged_image_is_named_when_it_is_read(tmp_path):
+  root = small_folder(tmp_path, images=4)
+  damaged = os.path.join(root, "val", "dog", "2.jpg")
+  Image.new("RGB", (8, 8)).save(damaged)
+  with open(damaged, "rb") as f:
+    content = f.read()
+  with open(damaged, "wb") as f:
+    f.write(content[:len(content) // 2])  # A truncated download: its header is fine.
+  config = folder_config(root, batch_size=4, eval_batch_size=4)
+  assert data.get_dataset_info(config).num_eval == 9
+  with pytest.raises(ValueError, match=re.escape(
+      f"{damaged} cannot be read as an image (")):
+    list(data.create_eval_iterator(config))
+
+
 def test_a_bad_augment_value_is_refused_by_name(digits_folder):
   with pytest.raises(ValueError, match=r"config.augment='sometimes' is invalid"):
     data.get_dataset_info(folder_config(digits_folder, augment="sometimes"))

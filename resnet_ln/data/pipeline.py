@@ -27,6 +27,7 @@ multi-host eval step line up.
 
 import itertools
 import math
+import re
 from typing import Iterator
 
 import jax
@@ -43,6 +44,8 @@ from resnet_ln.data import text_files
 from resnet_ln.data.cpu_tensorflow import tf
 
 _DEFAULT_SHUFFLE_BUFFER = 50_000
+# What tf.data wraps around an op's error message.
+_UNWRAP_ERROR = re.compile(r"\{\{.*?\}\}\s*|Error in user-defined function .*?: Iterator::\S+: ")
 _MAX_EPOCHS = 2**20  # Epoch seeds are seed * _MAX_EPOCHS + epoch.
 # config.seed is in [0, MAX_SEED), so that the int64 epoch seeds cannot overflow.
 MAX_SEED = 2**24
@@ -102,8 +105,10 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int 
       return {"image": decode(image_bytes, seed if config.augment else None), "label": label}
 
     batches = stream.enumerate(start).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-  batches = batches.batch(process_batch, drop_remainder=True)
-  return finish_batches(batches, config.dataset)
+  batches = finish_batches(batches.batch(process_batch, drop_remainder=True), config.dataset)
+  if info.task == "classification" and builder is None:
+    return _naming_undecodable_files(batches, split, stream, process_batch)
+  return batches
 
 
 def create_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
@@ -162,7 +167,10 @@ def create_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str
   num_batches = math.ceil(max(sizes) / process_batch)
   batches = (examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
              .take(num_batches * process_batch).batch(process_batch))
-  return finish_batches(batches, config.dataset)
+  batches = finish_batches(batches, config.dataset)
+  if info.task == "classification" and builder is None:
+    return _naming_undecodable_files(batches, split, records, process_batch)
+  return batches
 
 
 def _open(config: ml_collections.ConfigDict,
@@ -238,6 +246,42 @@ def _file_reader(split: folders.Split):
   paths = tf.constant(split.paths.tolist(), tf.string)
   labels = tf.constant(split.labels, tf.int32)
   return lambda i: (tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))
+
+
+def _naming_undecodable_files(batches: Iterator[dict[str, np.ndarray]], split: folders.Split,
+                              file_indices: tf.data.Dataset, process_batch: int,
+                              ) -> Iterator[dict[str, np.ndarray]]:
+  """`batches` of an image folder, with a file that fails to read or decode named.
+
+  The header check when listing catches files that are not images at all; a
+  damaged one fails in the middle of tf.data, whose error does not say which
+  file it was. The order is deterministic, so the failing batch's files are
+  known (`file_indices`, the stream of file indices that `batches` decodes):
+  decode them one by one to find it.
+  """
+  for number in itertools.count():
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.OpError as error:
+      indices = file_indices.skip(number * process_batch).take(process_batch)
+      bad = [split.paths[i] for i in indices.as_numpy_iterator()
+             if not _decodes(split.paths[i])]
+      reason = _UNWRAP_ERROR.sub("", error.message.splitlines()[0])
+      what = bad[0] if bad else f"A file of {split.directory}"
+      raise ValueError(f"{what} cannot be read as an image ({reason}). Remove or replace it "
+                       "(config.skip_bad_images leaves out only files that do not start "
+                       "like an image).") from None
+    yield batch
+
+
+def _decodes(path: str) -> bool:
+  try:
+    tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  except tf.errors.OpError:
+    return False
+  return True
 
 
 def _decoder(config: ml_collections.ConfigDict, info: info_lib.DatasetInfo,
