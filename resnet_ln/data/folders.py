@@ -14,7 +14,8 @@ when it is listed, so a file that is not a JPEG, PNG, BMP or GIF stops the run
 before it starts, named, instead of failing a decode in the middle of
 training; the check reads one small block per file, in parallel (a million
 files take about a minute on a local disk). A file with a valid header but
-damaged data (a truncated download) still fails when it is decoded.
+damaged data (a truncated download) fails when it is decoded, in the middle of
+the run; `pipeline` then names it.
 
 Pure Python: listing and checking need no TensorFlow; `pipeline` reads and
 decodes the files with tf.data.

@@ -23,6 +23,12 @@ Eval. Every example of the eval split is visited once across all processes.
 Each process pads its part with `mask` = 0 examples up to the same number of
 batches, ceil(largest part / process_batch), so that the collectives of a
 multi-host eval step line up.
+
+Your own files. An image folder (`folders`) is a listing of paths sorted by
+class: process p takes files p, p + P, p + 2P, ... (every class in every part,
+sizes within one), each epoch is a full permutation of its file indices, and
+only then are the files read and decoded, in the parallel map. Text files
+(`text_files`) give one byte string per split and take the TFDS text path.
 """
 
 import itertools
