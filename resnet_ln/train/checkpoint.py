@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 
 # Fields that must match between the checkpoint and the config to resume.
 IDENTITY_FIELDS = ("model", "model_kwargs", "dataset", "image_size", "seq_len", "batch_size",
-                   "optimizer", "seed")
+                   "optimizer", "seed", "init_from", "init_exclude", "freeze")
 # Errors of a write that found no room: a full disk, a quota, a file-size limit.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

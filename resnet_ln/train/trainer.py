@@ -7,11 +7,13 @@ device work is in `steps.py`; this file holds the side effects.
 
 import functools
 import os
+import re
 import signal
 import time
 import types
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import ml_collections
@@ -21,6 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from resnet_ln import data
+from resnet_ln.models import trainable_mask
 from resnet_ln.train import build
 from resnet_ln.train import checkpoint as checkpoint_lib
 from resnet_ln.train import optimizer as optimizer_lib
@@ -29,6 +32,7 @@ from resnet_ln.train import steps
 from resnet_ln.train.metrics import MetricWriter, TrainWindow
 from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import Task, get_task
+from resnet_ln.train import warm_start
 from resnet_ln.train.validation import ConfigError, model_error, validate_config
 
 
@@ -159,6 +163,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
   else:
     start_step = 0
+    if config.init_from:
+      host_state = warm_start.load_initial_weights(config, model, host_state)
+  batch_stats_mask = _batch_stats_mask(config, host_state.batch_stats)
   state = parallel.put_state(host_state)
   del host_state
   logging.info("Model %s: %s parameters; %d devices (%s), %d train steps of %d examples.",
@@ -177,7 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   nonfinite_is_error = not (config.skip_nonfinite or dynamic_loss_scale)
   train_step_fn = parallel.train_fn(functools.partial(
       steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
-      dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite))
+      dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite,
+      batch_stats_mask=batch_stats_mask))
   eval_step_fn = parallel.eval_fn(functools.partial(
       steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
   train_batches = parallel.prefetch(data.create_train_iterator(config, start_step=start_step))
@@ -222,6 +230,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
     checkpointer.close()  # Waits for the last save, and raises if it failed.
   return {"step": step, **eval_metrics}
+
+
+def _batch_stats_mask(config: ml_collections.ConfigDict, batch_stats: Any) -> Any:
+  """False for the BatchNorm statistics that config.freeze_batch_stats keeps fixed, else None."""
+  if not (config.freeze and config.freeze_batch_stats and batch_stats):
+    return None
+  paths = flax.traverse_util.flatten_dict(batch_stats, sep="/")
+  pattern = re.compile(config.freeze)
+  if not any(pattern.search(path) for path in paths):
+    return None  # The frozen parameters have no BatchNorm (e.g. only the head is frozen).
+  return trainable_mask(batch_stats, config.freeze)
 
 
 def _fetch(pending: list[Any], window: TrainWindow, parallel: parallel_lib.Parallelism,
