@@ -117,6 +117,11 @@ def test_metrics_config_and_tensorboard_are_written(tmp_path):
   assert result["examples"] == evals[0]["examples"] == 355
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"] == "cifar_resnet8"
+  with open(os.path.join(workdir, "dataset.json")) as f:
+    record = json.load(f)
+  assert (record["task"], record["num_classes"], record["example_shape"]) == (
+      "classification", 10, [8, 8, 1])
+  assert record["normalization"] == {"mean": [0.3060], "std": [0.3770]}
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):

@@ -5,7 +5,9 @@ latest checkpoint, then step / log / evaluate / checkpoint until the end. The
 device work is in `steps.py`; this file holds the side effects.
 """
 
+import dataclasses
 import functools
+import json
 import os
 import re
 import signal
@@ -23,6 +25,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from resnet_ln import data
+from resnet_ln.data import preprocess
 from resnet_ln.models import trainable_mask
 from resnet_ln.train import build
 from resnet_ln.train import checkpoint as checkpoint_lib
@@ -34,6 +37,9 @@ from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import Task, get_task
 from resnet_ln.train import warm_start
 from resnet_ln.train.validation import ConfigError, model_error, validate_config
+
+
+DATASET_FILE = "dataset.json"
 
 
 class NonFiniteError(FloatingPointError):
@@ -49,6 +55,12 @@ def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> n
     return build.create_model(config, info)
   except (TypeError, ValueError) as e:
     raise model_error(config, e) from None
+
+
+def dataset_record(info: data.DatasetInfo) -> dict[str, Any]:
+  """`info` as JSON, with the per-channel normalisation of its images ([0, 1] pixel units)."""
+  mean, std = preprocess.normalization(info.name)
+  return {**dataclasses.asdict(info), "normalization": {"mean": list(mean), "std": list(std)}}
 
 
 def check_workdir(workdir: str) -> None:
@@ -176,6 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if writer.is_primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    # What tools need to use the run without its data: shapes, classes, normalisation.
+    with open(os.path.join(workdir, DATASET_FILE), "w") as f:
+      json.dump(dataset_record(info), f, indent=2)
 
   dynamic_loss_scale = config.dtype == "float16"
   # The step drops the update of a non-finite gradient when asked to, and
