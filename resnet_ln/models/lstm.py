@@ -19,11 +19,28 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
 Carry = tuple[Array, Array]
+
+
+def _check_at_least_one(module: nn.Module, *fields: str) -> None:
+  """Refuses sizes below 1 (an empty cell or stack), naming the field and value."""
+  for field in fields:
+    value = getattr(module, field)
+    if value < 1:
+      raise ValueError(f"{type(module).__name__}: {field} must be >= 1, got {value}.")
+
+
+def _check_rate(module: nn.Module, *fields: str) -> None:
+  """Refuses dropout rates outside [0, 1) (a rate of 1 divides by zero keep)."""
+  for field in fields:
+    value = getattr(module, field)
+    if not 0.0 <= value < 1.0:
+      raise ValueError(f"{type(module).__name__}: {field} must be in [0, 1), got {value}.")
 
 
 def _gatewise(init: Initializer) -> Initializer:
@@ -111,6 +128,10 @@ class _FusedLSTMCell(nn.RNNCellBase):
   recurrent_kernel_init: Initializer = _gatewise(nn.initializers.orthogonal())
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self) -> None:
+    _check_at_least_one(self, "features")
+    super().__post_init__()
 
   def _projection(self, kernel_init: Initializer) -> _GateProjection:
     return _GateProjection(
@@ -257,6 +278,31 @@ class LayerNormLSTMCell(_FusedLSTMCell):
     self.cell_bias = self.param("cell_bias", nn.initializers.zeros, shape, self.param_dtype)
 
 
+def _checked_lengths(seq_lengths: Any, batch: int, time: int) -> Array:
+  """`seq_lengths` as int32 [batch] in [0, time].
+
+  Concrete lengths (a list, NumPy or jax array of any integer dtype) are
+  checked; traced ones (under `jit`) cannot be, and are clamped to [0, time].
+
+  Raises:
+    TypeError: the lengths are not integers.
+    ValueError: the lengths are not [batch], or a concrete one is outside [0, time].
+  """
+  lengths = seq_lengths if isinstance(seq_lengths, jax.Array) else np.asarray(seq_lengths)
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise TypeError(f"seq_lengths must be integers, got dtype {lengths.dtype}.")
+  if lengths.shape != (batch,):
+    raise ValueError(f"seq_lengths must be [batch] = ({batch},), got shape {lengths.shape}.")
+  if isinstance(lengths, jax.core.Tracer) or not isinstance(time, int):
+    return jnp.clip(lengths, 0, time).astype(jnp.int32)
+  values = np.asarray(lengths)
+  bad = np.flatnonzero((values < 0) | (values > time))
+  if bad.size:
+    raise ValueError(
+        f"seq_lengths[{bad[0]}] = {values[bad[0]]} is outside [0, time] = [0, {time}].")
+  return jnp.asarray(values, jnp.int32)
+
+
 def _reverse_within_length(x: Array, seq_lengths: Array | None) -> Array:
   """Reverses each sequence of time-major `x` [time, batch, ...] within its length.
 
@@ -338,6 +384,11 @@ class LSTM(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self) -> None:
+    _check_at_least_one(self, "features", "num_layers", "unroll")
+    _check_rate(self, "dropout_rate", "recurrent_dropout_rate")
+    super().__post_init__()
+
   def _cell(self, name: str) -> _FusedLSTMCell:
     common = dict(
         features=self.features,
@@ -390,9 +441,11 @@ class LSTM(nn.Module):
 
     Args:
       inputs: [batch, time, in_features].
-      seq_lengths: optional [batch] int in [0, time], the valid length of each
-        sequence; steps past it neither affect any output or carry nor produce
-        output (zeros).
+      seq_lengths: optional [batch] integers (a list, NumPy or jax array of
+        any integer dtype) in [0, time], the valid length of each sequence;
+        steps past it neither affect any output or carry nor produce output
+        (zeros). Concrete lengths outside [0, time] are a ValueError; traced
+        ones (under `jit`) cannot be checked and are clamped to [0, time].
       train: enables dropout (needs a 'dropout' rng when a rate is > 0).
 
     Returns:
@@ -401,10 +454,15 @@ class LSTM(nn.Module):
       one entry per layer, each (c, h) of [batch, features] taken at each
       sequence's last valid step, or ((c, h) forward, (c, h) backward) when
       bidirectional (the backward carry is the one after reading back to step 0).
+
+    Raises:
+      TypeError: float (or other non-integer) `seq_lengths`.
+      ValueError: concrete `seq_lengths` outside [0, time], or not [batch].
     """
     x = jnp.swapaxes(inputs, 0, 1)  # time-major: scan runs over the leading axis
     valid = None
     if seq_lengths is not None:
+      seq_lengths = _checked_lengths(seq_lengths, x.shape[1], x.shape[0])
       valid = jnp.arange(x.shape[0])[:, None] < seq_lengths[None, :]
       # Zeroing the padding keeps even NaN/inf padding out of the gradients.
       x = jnp.where(valid[..., None], x, jnp.zeros_like(x))

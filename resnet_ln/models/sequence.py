@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from resnet_ln.models.lstm import LSTM
+from resnet_ln.models.lstm import _check_at_least_one
+from resnet_ln.models.lstm import _check_rate
 from resnet_ln.models.registry import register_model
 
 Dtype = Any
@@ -46,6 +48,12 @@ class LSTMOptions(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def __post_init__(self) -> None:
+    # Refused when the model is built, not deep inside its first trace.
+    _check_at_least_one(self, "features", "num_layers", "unroll")
+    _check_rate(self, "dropout_rate", "recurrent_dropout_rate")
+    super().__post_init__()
+
   def _lstm(self, **kwargs: Any) -> LSTM:
     """The model's `LSTM`, built from every option field (plus `kwargs`)."""
     options = {field.name: getattr(self, field.name) for field in _LSTM_OPTION_FIELDS}
@@ -78,6 +86,10 @@ class CharLM(LSTMOptions):
   _: dataclasses.KW_ONLY
   features: int = 256
   num_layers: int = 2
+
+  def __post_init__(self) -> None:
+    _check_at_least_one(self, "vocab_size", "embed_dim")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
@@ -123,6 +135,10 @@ class SequenceClassifier(LSTMOptions):
   features: int = 128
   num_layers: int = 1
   bidirectional: bool = False
+
+  def __post_init__(self) -> None:
+    _check_at_least_one(self, "num_classes")
+    super().__post_init__()
 
   @nn.compact
   def __call__(
