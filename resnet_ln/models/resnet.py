@@ -145,9 +145,9 @@ class BottleneckBlock(ResNetBlock):
     return self._merge(y, x)
 
 
-def _is_one_of(dim: Any, values: tuple[int, ...]) -> bool:
-  """Whether `dim` is a concrete size in `values` (a symbolic size never is)."""
-  return isinstance(dim, int) and dim in values
+def _looks_like_channels(dim: Any) -> bool:
+  """Whether `dim` is a concrete 1, 3 or 4 (a symbolic `jax.export` size never is)."""
+  return isinstance(dim, int) and dim in (1, 3, 4)
 
 
 def _check_images(x: jax.Array) -> None:
@@ -157,9 +157,9 @@ def _check_images(x: jax.Array) -> None:
     raise ValueError(f"{expected}, got shape {tuple(x.shape)}: add a batch axis (images[None]).")
   if x.ndim != 4:
     raise ValueError(f"{expected}, got shape {tuple(x.shape)}.")
-  channels = (1, 3, 4)
-  if _is_one_of(x.shape[1], channels) and isinstance(x.shape[3], int) and (
-      x.shape[3] not in channels):
+  channels_last = x.shape[3]
+  if (_looks_like_channels(x.shape[1]) and isinstance(channels_last, int)
+      and not _looks_like_channels(channels_last)):
     raise ValueError(
         f"{expected}, got shape {tuple(x.shape)} (NCHW?); "
         "convert with images.transpose(0, 2, 3, 1).")
