@@ -76,4 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0  # 0: only at the end.
   config.checkpoint_every_steps = 200
   config.max_to_keep = 3
+  # JAX's persistent compilation cache, so that a rerun or a resume does not compile
+  # again. None: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/resnet_ln/jax; "": off.
+  config.compilation_cache_dir = config_dict.placeholder(str)
+  config.profile_steps = ""  # "100:110": a jax.profiler trace of steps 101-110 in DIR/profile/.
   return config
