@@ -19,6 +19,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = "cifar_resnet20"
   config.model_kwargs = ml_collections.ConfigDict()
   config.dtype = "float32"  # Compute dtype: float32, bfloat16, or float16 (loss scaling).
+  # Starting weights (fresh workdirs only; a rerun resumes from the run's own checkpoints):
+  # a torchvision-layout ResNet state dict (.safetensors, .npz, .pth/.pt), or a resnet_ln
+  # workdir or one of its checkpoint directories. None: random initialisation.
+  config.init_from = config_dict.placeholder(str)
+  # Regex over parameter paths ('head/kernel', '^stage4') kept at their fresh initialisation.
+  # Parameters whose shape differs from the source's (the head) are kept fresh anyway.
+  config.init_exclude = config_dict.placeholder(str)
+  # Regex over parameter paths kept exactly fixed: '^stage[1-3]', or '^(?!head)' (linear probe).
+  config.freeze = config_dict.placeholder(str)
+  config.freeze_batch_stats = False  # True: BatchNorm statistics matched by freeze stay fixed.
 
   # Data: an embedded offline dataset, synthetic data, any TFDS name, or your own:
   # "image_folder:PATH" (PATH/train/CLASS/*.jpg, PATH/val/CLASS/...) or
@@ -75,4 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0  # 0: only at the end.
   config.checkpoint_every_steps = 200
   config.max_to_keep = 3
+  # JAX's persistent compilation cache, so that a rerun or a resume does not compile
+  # again. None: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/resnet_ln/jax; "": off.
+  config.compilation_cache_dir = config_dict.placeholder(str)
+  config.profile_steps = ""  # "100:110": a jax.profiler trace of steps 101-110 in DIR/profile/.
   return config

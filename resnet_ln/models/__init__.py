@@ -24,7 +24,9 @@ from resnet_ln.models.resnet import ResNet34
 from resnet_ln.models.resnet import ResNet50
 from resnet_ln.models.resnet import ResNet101
 from resnet_ln.models.resnet import ResNet152
+from resnet_ln.models.resnet import ResNetBlock
 from resnet_ln.models.sequence import CharLM
+from resnet_ln.models.sequence import LSTMOptions
 from resnet_ln.models.sequence import SequenceClassifier
 from resnet_ln.models.torchvision import IMAGENET_MEAN
 from resnet_ln.models.torchvision import IMAGENET_STD

@@ -6,15 +6,24 @@ valid depth resolves, while `list_models()` shows the canonical members.
 """
 
 import re
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 
 ModelFactory = Callable[..., nn.Module]
 
+
+class _Family(NamedTuple):
+  """Models named `{prefix}{number}`, built by `factory(number, **kwargs)`."""
+
+  prefix: str
+  pattern: re.Pattern  # the whole name, with the number as group 1
+  factory: Callable[..., nn.Module]
+  listed: tuple[int, ...]  # the numbers `list_models()` shows
+
+
 _MODELS: dict[str, ModelFactory] = {}
-# (compiled pattern with one integer group, factory(number, **kwargs), listed numbers)
-_FAMILIES: list[tuple[re.Pattern, Callable[..., nn.Module], tuple[int, ...]]] = []
+_FAMILIES: list[_Family] = []
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -41,7 +50,8 @@ def register_model_family(
   """
 
   def decorator(factory):
-    _FAMILIES.append((re.compile(rf"{re.escape(prefix)}(\d+)"), factory, tuple(listed)))
+    pattern = re.compile(rf"{re.escape(prefix)}(\d+)")
+    _FAMILIES.append(_Family(prefix, pattern, factory, tuple(listed)))
     return factory
 
   return decorator
@@ -50,9 +60,8 @@ def register_model_family(
 def list_models() -> list[str]:
   """The registered model names, sorted (families show their canonical members)."""
   names = set(_MODELS)
-  for pattern, _, listed in _FAMILIES:
-    prefix = pattern.pattern[: -len(r"(\d+)")].replace("\\", "")
-    names.update(f"{prefix}{n}" for n in listed)
+  for family in _FAMILIES:
+    names.update(f"{family.prefix}{n}" for n in family.listed)
   return sorted(names)
 
 
@@ -64,10 +73,10 @@ def get_model(name: str, /, **kwargs) -> nn.Module:
   """
   if name in _MODELS:
     return _MODELS[name](**kwargs)
-  for pattern, factory, _ in _FAMILIES:
-    match = pattern.fullmatch(name)
+  for family in _FAMILIES:
+    match = family.pattern.fullmatch(name)
     if match:
-      return factory(int(match.group(1)), **kwargs)
+      return family.factory(int(match.group(1)), **kwargs)
   raise ValueError(
       f"Unknown model {name!r}. Known models: {', '.join(list_models())}."
   )

@@ -1,5 +1,6 @@
 """Sequence models on the (LayerNorm) LSTM: a character language model and a classifier."""
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -7,23 +8,26 @@ import jax
 import jax.numpy as jnp
 
 from resnet_ln.models.lstm import LSTM
+from resnet_ln.models.lstm import _check_at_least_one
+from resnet_ln.models.lstm import _check_rate
 from resnet_ln.models.registry import register_model
 
 Dtype = Any
 
 
-@register_model("char_lm")
-class CharLM(nn.Module):
-  """Character-level language model: embedding, LSTM stack, per-step softmax logits.
+class LSTMOptions(nn.Module):
+  """The LSTM options a sequence model declares once and hands to its `LSTM`.
+
+  Every field here reaches the model's `LSTM` through `_lstm`, so a new option
+  is one line here (and the `LSTM` field it sets). The fields are keyword-only;
+  a model redeclares `features` and `num_layers` to change their defaults.
 
   Attributes:
-    vocab_size: number of token ids (256 for bytes).
-    embed_dim: embedding size.
-    features: LSTM hidden size.
+    features: LSTM hidden size (per direction).
     num_layers: stacked LSTM layers.
     layer_norm: LayerNorm LSTM if True, else the plain LSTM baseline.
-    dropout_rate: dropout on the embeddings, between layers and before the
-      output projection (train only).
+    dropout_rate: dropout between stacked layers (the models also apply it to
+      their embeddings or outputs; train only).
     recurrent_dropout_rate: dropout on h before W_h, one mask per sequence.
     unroll: scan unroll factor.
     per_gate, normalize_carried_cell, epsilon: see `LayerNormLSTMCell`.
@@ -31,10 +35,9 @@ class CharLM(nn.Module):
     param_dtype: parameter storage dtype.
   """
 
-  vocab_size: int
-  embed_dim: int = 64
-  features: int = 256
-  num_layers: int = 2
+  _: dataclasses.KW_ONLY
+  features: int = 128
+  num_layers: int = 1
   layer_norm: bool = True
   dropout_rate: float = 0.0
   recurrent_dropout_rate: float = 0.0
@@ -44,6 +47,49 @@ class CharLM(nn.Module):
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self) -> None:
+    # Refused when the model is built, not deep inside its first trace.
+    _check_at_least_one(self, "features", "num_layers", "unroll")
+    _check_rate(self, "dropout_rate", "recurrent_dropout_rate")
+    super().__post_init__()
+
+  def _lstm(self, **kwargs: Any) -> LSTM:
+    """The model's `LSTM`, built from every option field (plus `kwargs`)."""
+    options = {field.name: getattr(self, field.name) for field in _LSTM_OPTION_FIELDS}
+    return LSTM(**options, **kwargs)
+
+
+# The fields of `LSTMOptions` itself, without Flax's `parent` and `name`.
+_LSTM_OPTION_FIELDS = tuple(
+    f for f in dataclasses.fields(LSTMOptions) if f.name not in ("parent", "name")
+)
+
+
+@register_model("char_lm")
+class CharLM(LSTMOptions):
+  """Character-level language model: embedding, LSTM stack, per-step softmax logits.
+
+  Attributes:
+    vocab_size: number of token ids (256 for bytes).
+    embed_dim: embedding size.
+    features: LSTM hidden size (default 256).
+    num_layers: stacked LSTM layers (default 2).
+    The other options (layer_norm, dropout_rate, recurrent_dropout_rate, unroll,
+    per_gate, normalize_carried_cell, epsilon, dtype, param_dtype): see
+    `LSTMOptions`; dropout also applies to the embeddings and before the output
+    projection.
+  """
+
+  vocab_size: int
+  embed_dim: int = 64
+  _: dataclasses.KW_ONLY
+  features: int = 256
+  num_layers: int = 2
+
+  def __post_init__(self) -> None:
+    _check_at_least_one(self, "vocab_size", "embed_dim")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
@@ -60,26 +106,14 @@ class CharLM(nn.Module):
         self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype
     )(tokens)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x, _ = LSTM(
-        self.features,
-        num_layers=self.num_layers,
-        layer_norm=self.layer_norm,
-        dropout_rate=self.dropout_rate,
-        recurrent_dropout_rate=self.recurrent_dropout_rate,
-        unroll=self.unroll,
-        per_gate=self.per_gate,
-        normalize_carried_cell=self.normalize_carried_cell,
-        epsilon=self.epsilon,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-    )(x, train=train)
+    x, _ = self._lstm()(x, train=train)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return logits.astype(jnp.float32)
 
 
 @register_model("seq_classifier")
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(LSTMOptions):
   """Classifies a sequence from its last valid LSTM hidden state.
 
   Image batches [batch, height, width, channels] are read row by row, as
@@ -87,32 +121,24 @@ class SequenceClassifier(nn.Module):
 
   Attributes:
     num_classes: number of classes.
-    features: LSTM hidden size per direction.
-    num_layers: stacked LSTM layers.
-    layer_norm: LayerNorm LSTM if True, else the plain LSTM baseline.
+    features: LSTM hidden size per direction (default 128).
+    num_layers: stacked LSTM layers (default 1).
     bidirectional: also read each sequence backwards; the classifier sees the
       forward h at the last valid step and the backward h at step 0.
-    dropout_rate: dropout between layers and before the classifier (train only).
-    recurrent_dropout_rate: dropout on h before W_h, one mask per sequence.
-    unroll: scan unroll factor.
-    per_gate, normalize_carried_cell, epsilon: see `LayerNormLSTMCell`.
-    dtype: compute dtype (logits are returned in float32).
-    param_dtype: parameter storage dtype.
+    The other options (layer_norm, dropout_rate, recurrent_dropout_rate, unroll,
+    per_gate, normalize_carried_cell, epsilon, dtype, param_dtype): see
+    `LSTMOptions`; dropout also applies before the classifier.
   """
 
   num_classes: int
+  _: dataclasses.KW_ONLY
   features: int = 128
   num_layers: int = 1
-  layer_norm: bool = True
   bidirectional: bool = False
-  dropout_rate: float = 0.0
-  recurrent_dropout_rate: float = 0.0
-  unroll: int = 1
-  per_gate: bool = False
-  normalize_carried_cell: bool = False
-  epsilon: float = 1e-5
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self) -> None:
+    _check_at_least_one(self, "num_classes")
+    super().__post_init__()
 
   @nn.compact
   def __call__(
@@ -122,7 +148,7 @@ class SequenceClassifier(nn.Module):
 
     Args:
       inputs: [batch, time, features], or images [batch, height, width, channels].
-      seq_lengths: optional [batch] int valid lengths (rows, for images).
+      seq_lengths: optional [batch] int valid lengths (rows, for images); see `LSTM`.
       train: enables dropout (needs a 'dropout' rng when a rate is > 0).
 
     Returns:
@@ -135,20 +161,9 @@ class SequenceClassifier(nn.Module):
           "SequenceClassifier expects [batch, time, features] or "
           f"[batch, height, width, channels] inputs, got shape {inputs.shape}."
       )
-    _, carries = LSTM(
-        self.features,
-        num_layers=self.num_layers,
-        layer_norm=self.layer_norm,
-        bidirectional=self.bidirectional,
-        dropout_rate=self.dropout_rate,
-        recurrent_dropout_rate=self.recurrent_dropout_rate,
-        unroll=self.unroll,
-        per_gate=self.per_gate,
-        normalize_carried_cell=self.normalize_carried_cell,
-        epsilon=self.epsilon,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-    )(inputs.astype(self.dtype), seq_lengths, train=train)
+    _, carries = self._lstm(bidirectional=self.bidirectional)(
+        inputs.astype(self.dtype), seq_lengths, train=train
+    )
     if self.bidirectional:
       (_, h_forward), (_, h_backward) = carries[-1]
       h = jnp.concatenate([h_forward, h_backward], axis=-1)

@@ -1,8 +1,8 @@
 """What a run is made of, from its config: the model, the initial state, the training length.
 
-The jax-only core that the trainer and the benchmarks share: it imports neither
-TensorFlow nor TFDS nor Orbax, so it runs wherever jax, flax, optax and
-ml_collections are installed (an accelerator image without TensorFlow, say).
+The jax-only core that the trainer, the benchmarks and `resnet_ln.load_run` share:
+it imports neither TensorFlow nor TFDS nor Orbax nor ml_collections (any config
+with attribute access will do), so it runs wherever jax and flax are installed.
 
     info = data.get_dataset_info(config)
     model = build.create_model(config, info)
@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from resnet_ln.models import get_model
@@ -25,13 +24,15 @@ from resnet_ln.train.state import TrainState, create_train_state
 from resnet_ln.train.tasks import get_task
 
 if TYPE_CHECKING:
+  import ml_collections
+
   from resnet_ln.data.info import DatasetInfo
 
 # config.dtype -> the models' compute dtype.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def create_model(config: ml_collections.ConfigDict, info: "DatasetInfo") -> nn.Module:
+def create_model(config: "ml_collections.ConfigDict", info: "DatasetInfo") -> nn.Module:
   """The registered `config.model` sized for the dataset, with the data axis for BatchNorm.
 
   Raises:
@@ -44,7 +45,7 @@ def create_model(config: ml_collections.ConfigDict, info: "DatasetInfo") -> nn.M
   return model
 
 
-def initial_state(config: ml_collections.ConfigDict, model: nn.Module, info: "DatasetInfo",
+def initial_state(config: "ml_collections.ConfigDict", model: nn.Module, info: "DatasetInfo",
                   tx: optax.GradientTransformation) -> TrainState:
   """A fresh state as NumPy arrays (identical on every process: same seed)."""
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -60,7 +61,7 @@ def initial_state(config: ml_collections.ConfigDict, model: nn.Module, info: "Da
   return jax.device_get(init())
 
 
-def training_length(config: ml_collections.ConfigDict, info: "DatasetInfo") -> tuple[int, int]:
+def training_length(config: "ml_collections.ConfigDict", info: "DatasetInfo") -> tuple[int, int]:
   """(steps per epoch, total train steps) for the global batch size."""
   steps_per_epoch = max(info.num_train // config.batch_size, 1)
   if config.num_train_steps > 0:

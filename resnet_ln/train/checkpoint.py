@@ -18,18 +18,20 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+if TYPE_CHECKING:  # `load_variables` needs no ml_collections.
+  import ml_collections
+
 # Fields that must match between the checkpoint and the config to resume.
 IDENTITY_FIELDS = ("model", "model_kwargs", "dataset", "image_size", "seq_len", "batch_size",
-                   "optimizer", "seed")
+                   "optimizer", "seed", "init_from", "init_exclude", "freeze")
 # Errors of a write that found no room: a full disk, a quota, a file-size limit.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -38,12 +40,12 @@ class CheckpointError(RuntimeError):
   """A checkpoint cannot be used; the message says why and what to do."""
 
 
-def identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def identity(config: "ml_collections.ConfigDict") -> dict[str, Any]:
   """The config fields recorded with every checkpoint."""
   fields = {}
   for name in IDENTITY_FIELDS:
     value = config[name]
-    fields[name] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    fields[name] = value.to_dict() if hasattr(value, "to_dict") else value
   return fields
 
 
@@ -89,7 +91,7 @@ class Checkpointer:
     )
     self._saving = None  # The step of the save in flight, if any.
 
-  def save(self, step: int, host_state: Any, config: ml_collections.ConfigDict) -> None:
+  def save(self, step: int, host_state: Any, config: "ml_collections.ConfigDict") -> None:
     """Starts saving `host_state` (NumPy arrays) as step `step`; returns before it is written.
 
     Raises:
@@ -111,7 +113,7 @@ class Checkpointer:
       )
     self._saving = step
 
-  def restore(self, target: Any, config: ml_collections.ConfigDict) -> tuple[Any, int] | None:
+  def restore(self, target: Any, config: "ml_collections.ConfigDict") -> tuple[Any, int] | None:
     """The newest readable checkpoint's state, shaped like `target`, and its step.
 
     Returns None when there is no checkpoint. A checkpoint that cannot be read is
@@ -155,7 +157,7 @@ class Checkpointer:
         "Move that directory away to start afresh, or point --workdir at a new directory."
     )
 
-  def _check_identity(self, saved: dict[str, Any], config: ml_collections.ConfigDict,
+  def _check_identity(self, saved: dict[str, Any], config: "ml_collections.ConfigDict",
                       step: int) -> None:
     # Through JSON, as saved: tuples in the config (stage sizes, boundaries) become lists.
     current = json.loads(json.dumps(identity(config)))

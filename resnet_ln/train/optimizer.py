@@ -6,6 +6,8 @@ import jax
 import ml_collections
 import optax
 
+from resnet_ln.models import trainable_mask
+
 SCHEDULES = ("constant", "piecewise", "step", "cosine")
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -83,7 +85,9 @@ def create_optimizer(
 ) -> optax.GradientTransformation:
   """SGD with momentum (coupled L2 decay, as in the paper) or AdamW.
 
-  Global-norm gradient clipping first when `grad_clip_norm` > 0.
+  Global-norm gradient clipping first when `grad_clip_norm` > 0; parameters
+  matched by the `freeze` regex are left out of everything (no update, no
+  decay, no optimiser state).
   """
   mask = lambda params: _decay_mask(params, config.weight_decay_all)
   if config.optimizer == "sgd":
@@ -101,4 +105,10 @@ def create_optimizer(
     raise ValueError(f"config.optimizer={config.optimizer!r} is not one of {OPTIMIZERS}.")
   if config.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  if config.freeze:
+    # Frozen parameters get zero updates and no optimiser state; clipping and
+    # weight decay see only the trained ones.
+    labels = lambda params: jax.tree.map(lambda trainable: "train" if trainable else "freeze",
+                                         trainable_mask(params, config.freeze))
+    tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
   return tx

@@ -42,6 +42,7 @@ def train_step(
     axis_name: str = "batch",
     dynamic_loss_scale: bool = False,
     skip_nonfinite: bool = False,
+    batch_stats_mask: Any = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser update on this device's share of the global batch.
 
@@ -56,6 +57,8 @@ def train_step(
       and adapt the scale.
     skip_nonfinite: skip (and count) updates whose gradient is not finite,
       instead of applying them (the loop then stops with an error).
+    batch_stats_mask: a tree of bools shaped as the BatchNorm statistics: False
+      keeps those statistics fixed (frozen blocks); None updates all of them.
 
   Returns:
     The new state and metric sums over the global batch (`nonfinite` is 1 when
@@ -75,6 +78,9 @@ def train_step(
     return loss * state.loss_scale, (logits, updates.get("batch_stats", {}))
 
   grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  if batch_stats_mask is not None:
+    batch_stats = jax.tree.map(lambda update, new, old: new if update else old,
+                               batch_stats_mask, batch_stats, state.batch_stats)
   grads = jax.lax.pmean(grads, axis_name)
   grads = jax.tree.map(lambda g: g / state.loss_scale, grads)
   finite = _all_finite(grads)

@@ -5,13 +5,17 @@ latest checkpoint, then step / log / evaluate / checkpoint until the end. The
 device work is in `steps.py`; this file holds the side effects.
 """
 
+import dataclasses
 import functools
+import json
 import os
+import re
 import signal
 import time
 import types
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import ml_collections
@@ -21,15 +25,24 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from resnet_ln import data
+from resnet_ln.data import preprocess
+from resnet_ln.models import trainable_mask
 from resnet_ln.train import build
 from resnet_ln.train import checkpoint as checkpoint_lib
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
 from resnet_ln.train import steps
-from resnet_ln.train.metrics import MetricWriter, TrainWindow
+from resnet_ln.train.metrics import MetricWriter, Stopwatch, TrainWindow
 from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import Task, get_task
+from resnet_ln.train import warm_start
 from resnet_ln.train.validation import ConfigError, model_error, validate_config
+
+
+DATASET_FILE = "dataset.json"
+# A log window that waited for input more than this share of its time is input-bound.
+INPUT_BOUND_FRACTION = 0.5
+DEFAULT_COMPILATION_CACHE = "~/.cache/resnet_ln/jax"
 
 
 class NonFiniteError(FloatingPointError):
@@ -45,6 +58,30 @@ def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> n
     return build.create_model(config, info)
   except (TypeError, ValueError) as e:
     raise model_error(config, e) from None
+
+
+def enable_compilation_cache(directory: str | None) -> None:
+  """JAX's persistent compilation cache: a rerun or a resume does not compile again.
+
+  Args:
+    directory: the cache; None for $JAX_COMPILATION_CACHE_DIR, else
+      DEFAULT_COMPILATION_CACHE; '' leaves the cache off.
+  """
+  if directory == "":
+    return
+  current = jax.config.jax_compilation_cache_dir
+  directory = os.path.expanduser(directory or current or DEFAULT_COMPILATION_CACHE)
+  if current and os.path.expanduser(current) != directory:
+    logging.warning("The compilation cache is already %s in this process; not switching to %s.",
+                    current, directory)
+    return
+  jax.config.update("jax_compilation_cache_dir", directory)
+
+
+def dataset_record(info: data.DatasetInfo) -> dict[str, Any]:
+  """`info` as JSON, with the per-channel normalisation of its images ([0, 1] pixel units)."""
+  mean, std = preprocess.normalization(info.name)
+  return {**dataclasses.asdict(info), "normalization": {"mean": list(mean), "std": list(std)}}
 
 
 def check_workdir(workdir: str) -> None:
@@ -129,6 +166,32 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+class _ProfileWindow:
+  """A `jax.profiler` trace of the steps in config.profile_steps ('START:STOP'), if any."""
+
+  def __init__(self, steps: str, directory: str) -> None:
+    self.start, self.stop_after = (map(int, steps.split(":")) if steps else (None, None))
+    self.directory = directory
+    self.tracing = False
+
+  def before_step(self, step: int) -> None:
+    if step == self.start:
+      jax.profiler.start_trace(self.directory)
+      self.tracing = True
+
+  def after_step(self, step: int, state: Any) -> None:
+    if self.tracing and step >= self.stop_after:
+      jax.block_until_ready(state)
+      self.stop()
+      logging.info("Wrote a profile of steps %d to %d to %s (TensorBoard or Perfetto).",
+                   self.start + 1, self.stop_after, self.directory)
+
+  def stop(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+
+
 # ----------------------------------------------------------------------------
 # The loop.
 # ----------------------------------------------------------------------------
@@ -138,7 +201,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The final eval metrics (plus `step`).
   """
+  stopwatch = Stopwatch()
   validate_config(config)
+  enable_compilation_cache(config.compilation_cache_dir)
   info = data.get_dataset_info(config)
   task = get_task(info.task, config.label_smoothing)
   parallel = parallel_lib.create_parallelism(config.parallelism, config.num_devices)
@@ -159,6 +224,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
   else:
     start_step = 0
+    if config.init_from:
+      host_state = warm_start.load_initial_weights(config, model, host_state)
+  batch_stats_mask = _batch_stats_mask(config, host_state.batch_stats)
   state = parallel.put_state(host_state)
   del host_state
   logging.info("Model %s: %s parameters; %d devices (%s), %d train steps of %d examples.",
@@ -169,6 +237,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if writer.is_primary:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    # What tools need to use the run without its data: shapes, classes, normalisation.
+    with open(os.path.join(workdir, DATASET_FILE), "w") as f:
+      json.dump(dataset_record(info), f, indent=2)
 
   dynamic_loss_scale = config.dtype == "float16"
   # The step drops the update of a non-finite gradient when asked to, and
@@ -177,23 +248,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   nonfinite_is_error = not (config.skip_nonfinite or dynamic_loss_scale)
   train_step_fn = parallel.train_fn(functools.partial(
       steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
-      dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite))
+      dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite,
+      batch_stats_mask=batch_stats_mask))
   eval_step_fn = parallel.eval_fn(functools.partial(
       steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
   train_batches = parallel.prefetch(data.create_train_iterator(config, start_step=start_step))
 
   # --- Step, log, evaluate, checkpoint. ---
   preemption = _Preemption()
+  profile = _ProfileWindow(config.profile_steps, os.path.join(workdir, "profile"))
   pending = []  # Device metrics since the last fetch: no host sync per step.
   window = TrainWindow()
   eval_metrics = {}
   step = start_step
   preempted = False
+  stopwatch.seconds["setup"] = time.perf_counter() - stopwatch.start
   try:
     while step < num_train_steps:
-      state, metrics = train_step_fn(state, next(train_batches))
+      with stopwatch("waiting_for_input"):
+        start = time.perf_counter()
+        batch = next(train_batches)
+        window.input_seconds += time.perf_counter() - start
+      if step == start_step:
+        # Compiled ahead of time, so that compiling is timed on its own (and a
+        # rerun finds it in the persistent compilation cache).
+        with stopwatch("compiling"):
+          train_step_fn = train_step_fn.lower(state, batch).compile()
+      profile.before_step(step)
+      state, metrics = train_step_fn(state, batch)
       pending.append(metrics)
       step += 1
+      profile.after_step(step, state)
       is_last = step == num_train_steps
       preempted = (jax.process_count() == 1 or step % config.log_every_steps == 0) and \
           preemption.agreed()
@@ -205,23 +290,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _log_train(writer, window, step, num_train_steps, schedule, config,
                    parallel.num_devices, task)
       if should_save:
-        checkpointer.save(step, parallel.get_state(state), config)
+        with stopwatch("checkpointing"):
+          checkpointer.save(step, parallel.get_state(state), config)
       if preempted:
         logging.warning("Stopping at step %d after SIGTERM; rerun the command to resume.", step)
         break
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
-        eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
+        with stopwatch("evaluating"):
+          eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
         writer.write(step, "eval", eval_metrics)
     if step == num_train_steps and not preempted:
       # The final eval, here rather than in the loop so that a rerun of a
       # finished run (or of one stopped before this eval) evaluates it too.
-      eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
+      with stopwatch("evaluating"):
+        eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
       writer.write(step, "eval", eval_metrics)
+    with stopwatch("checkpointing"):
+      checkpointer.wait()
+    writer.write(step, "time", stopwatch.summary())
   finally:
+    profile.stop()
     preemption.restore()
     writer.close()
     checkpointer.close()  # Waits for the last save, and raises if it failed.
   return {"step": step, **eval_metrics}
+
+
+def _batch_stats_mask(config: ml_collections.ConfigDict, batch_stats: Any) -> Any:
+  """False for the BatchNorm statistics that config.freeze_batch_stats keeps fixed, else None."""
+  if not (config.freeze and config.freeze_batch_stats and batch_stats):
+    return None
+  paths = flax.traverse_util.flatten_dict(batch_stats, sep="/")
+  pattern = re.compile(config.freeze)
+  if not any(pattern.search(path) for path in paths):
+    return None  # The frozen parameters have no BatchNorm (e.g. only the head is frozen).
+  return trainable_mask(batch_stats, config.freeze)
 
 
 def _fetch(pending: list[Any], window: TrainWindow, parallel: parallel_lib.Parallelism,
@@ -263,4 +366,10 @@ def _log_train(writer: MetricWriter, window: TrainWindow, step: int, num_train_s
   if window.skipped:
     metrics["skipped_steps"] = float(window.skipped)
   writer.write(step, "train", metrics)
+  if window.input_fraction() > INPUT_BOUND_FRACTION and window.steps > 1:
+    logging.warning(
+        "The run is input-bound: the step waited for input %.0f%% of the time since the last "
+        "log. `python -m bench.input_pipeline` measures the pipeline's examples/s per CPU "
+        "core; give the host more cores, or use a smaller image_size or lighter augmentation.",
+        100 * window.input_fraction())
   window.reset()

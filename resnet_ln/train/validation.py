@@ -4,6 +4,7 @@ Each failure is one `ConfigError` naming the field, its value and what is allowe
 """
 
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -35,6 +36,8 @@ def _is_int(value: Any) -> bool:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first invalid field of a training config."""
+  _require(bool(config.dataset), "dataset", config.dataset,
+           "set --config.dataset (image_folder:PATH, text_files:GLOB, digits, or a TFDS name)")
   try:
     get_model(config.model, **config.model_kwargs)
   except TypeError:
@@ -72,3 +75,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     boundaries = config.lr_boundaries_epochs or config.lr_boundaries
     _require(len(boundaries) == len(config.lr_factors), "lr_factors", config.lr_factors,
              f"needs one factor per boundary ({len(boundaries)})")
+  for field in ("init_exclude", "freeze"):
+    try:
+      re.compile(config[field] or "")
+    except re.error as e:
+      raise ConfigError(f"config.{field}={config[field]!r} is not a regular expression ({e}); "
+                        "it is searched in parameter paths such as "
+                        "'stage1_block0/conv1/kernel'.") from None
+  _require(not config.init_from or os.path.exists(config.init_from), "init_from",
+           config.init_from, "no such file or directory")
+  profile = config.profile_steps
+  bounds = profile.split(":") if profile else ["0", "1"]
+  _require(len(bounds) == 2 and all(b.isdigit() for b in bounds)
+           and int(bounds[0]) < int(bounds[1]), "profile_steps", profile,
+           "expected 'START:STOP' with 0 <= START < STOP (steps), or '' for no profile")
