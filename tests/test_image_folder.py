@@ -6,6 +6,7 @@ RGB PNGs and JPEGs, plus a grayscale PNG, an RGBA PNG, a GIF and a BMP.
 """
 
 import collections
+import json
 import os
 import re
 import shutil
@@ -211,6 +212,9 @@ def test_training_on_the_folder_matches_training_on_the_embedded_digits(digits_f
     workdir = str(tmp_path / dataset.replace(":", "_").replace("/", "_"))
     result = train.train_and_evaluate(config, workdir)
     assert result["examples"] == DIGITS_TEST  # Every test file once.
+    with open(os.path.join(workdir, "dataset.json")) as f:
+      label_names = json.load(f)["label_names"]
+    assert label_names == (list(CLASSES) if dataset != "digits" else [str(d) for d in range(10)])
     return result["accuracy"]
 
   os.makedirs(tmp_path / "tfds")
