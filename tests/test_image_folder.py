@@ -54,6 +54,12 @@ def digits_folder(tmp_path_factory):
   return root
 
 
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """A data_dir for the embedded digits, which build into it once."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
 def make_config(dataset, **overrides) -> ml_collections.ConfigDict:
   config = default.get_config()
   config.update(dict(dataset=dataset, image_size=32, batch_size=64, eval_batch_size=64,
@@ -201,14 +207,14 @@ def test_three_processes_read_disjoint_parts_that_cover_each_split(digits_folder
 # ----------------------------------------------------------------------------
 # Training on it.
 # ----------------------------------------------------------------------------
-def test_training_on_the_folder_matches_training_on_the_embedded_digits(digits_folder,
+def test_training_on_the_folder_matches_training_on_the_embedded_digits(digits_folder, tfds_dir,
                                                                          tmp_path):
   def accuracy(dataset, num_devices):
     # 180 steps of 32 at 16x16 pixels: about 40 s each on 2 CPU cores.
     config = make_config(dataset, model="cifar_resnet8", image_size=16, batch_size=32,
                          augment=False, num_epochs=4.0, warmup_epochs=0.5,
                          num_devices=num_devices, log_every_steps=100,
-                         checkpoint_every_steps=1000, data_dir=str(tmp_path / "tfds"))
+                         checkpoint_every_steps=1000, data_dir=tfds_dir)
     workdir = str(tmp_path / dataset.replace(":", "_").replace("/", "_"))
     result = train.train_and_evaluate(config, workdir)
     assert result["examples"] == DIGITS_TEST  # Every test file once.
@@ -217,7 +223,6 @@ def test_training_on_the_folder_matches_training_on_the_embedded_digits(digits_f
     assert label_names == (list(CLASSES) if dataset != "digits" else [str(d) for d in range(10)])
     return result["accuracy"]
 
-  os.makedirs(tmp_path / "tfds")
   embedded_accuracy = accuracy("digits", 1)
   folder_accuracy = accuracy(f"image_folder:{digits_folder}", 8)
   assert embedded_accuracy > 0.9
@@ -314,6 +319,18 @@ def test_a_damaged_image_is_named_when_it_is_read(tmp_path):
   with pytest.raises(ValueError, match=re.escape(
       f"{damaged} cannot be read as an image (")):
     list(data.create_eval_iterator(config))
+
+
+@pytest.mark.parametrize("augment, channels", [("imagenet", 3), ("cifar", 1), (True, 1),
+                                               (False, 1)])
+def test_augment_names_a_recipe_for_tfds_datasets_too(tfds_dir, augment, channels):
+  config = make_config("digits", data_dir=tfds_dir, image_size=None, augment=augment,
+                       batch_size=16, eval_batch_size=16)
+  info = data.get_dataset_info(config)
+  assert info.example_shape == (8, 8, channels)  # The ImageNet recipe decodes to RGB.
+  assert info.label_names == tuple(str(d) for d in range(10))
+  assert next(data.create_train_iterator(config))["image"].shape == (16, 8, 8, channels)
+  assert next(data.create_eval_iterator(config))["image"].shape == (16, 8, 8, channels)
 
 
 def test_a_bad_augment_value_is_refused_by_name(digits_folder):

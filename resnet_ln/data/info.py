@@ -146,7 +146,7 @@ def info_from_builder(config: ml_collections.ConfigDict,
         "(language modelling).")
   height, width, channels = features["image"].shape
   size = config.image_size
-  if size is None and "imagenet" in (preprocess.family(config.dataset), config.augment):
+  if size is None and preprocess.family(config.dataset) == "imagenet":
     size = _DEFAULT_IMAGENET_SIZE
   if size is None and (height is None or width is None):
     raise ValueError(

@@ -205,11 +205,11 @@ def preprocess_image(name: str, image_bytes: tf.Tensor, seed: tf.Tensor | None, 
     uint8 [image_size, image_size, channels], or image_shape when image_size is None.
   """
   recipe = recipe or family(name)
+  height, width, channels = image_shape
   if recipe == "imagenet":
     if augment:
-      return imagenet_train(image_bytes, seed, image_size)
-    return imagenet_eval(image_bytes, image_size)
-  height, width, channels = image_shape
+      return imagenet_train(image_bytes, seed, image_size or height)
+    return imagenet_eval(image_bytes, image_size or height)
   image = tf.io.decode_image(image_bytes, channels=channels, expand_animations=False)
   if image_size is not None and (height, width) != (image_size, image_size):
     image = _resize(image, image_size)
