@@ -92,6 +92,32 @@ def files_per_class(root, split):
           for label, name in enumerate(CLASSES)}
 
 
+def small_folder(root, splits=("train", "val"), classes=("cat", "dog"), images=2):
+  """root/split/class/i.png for each split and class: 4x4 gray PNGs."""
+  for split in splits:
+    for name in classes:
+      os.makedirs(os.path.join(root, split, name), exist_ok=True)
+      for i in range(images):
+        Image.new("L", (4, 4), 40 * i).save(os.path.join(root, split, name, f"{i}.png"))
+  return str(root)
+
+
+def not_an_image(root):
+  path = os.path.join(root, "train", "dog", "notes.jpg")
+  with open(path, "w") as f:
+    f.write("a text file, not a JPEG")
+  return path
+
+
+def remove(root, *paths):
+  for path in paths:
+    path = os.path.join(root, path)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+
+
 # ----------------------------------------------------------------------------
 # What the trainer is told, and what a batch holds.
 # ----------------------------------------------------------------------------
@@ -128,6 +154,22 @@ def test_every_format_and_mode_becomes_normalised_rgb(tmp_path):
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     assert np.all(batch["image"] >= -mean / std - 1e-4)
     assert np.all(batch["image"] <= (1 - mean) / std + 1e-4)
+
+
+def test_each_split_is_listed_and_checked_once_per_process(tmp_path, monkeypatch):
+  root = small_folder(tmp_path)
+  checked = []
+  check = folders._has_image_header  # pylint: disable=protected-access
+  monkeypatch.setattr(folders, "_has_image_header", lambda path: checked.append(path) or
+                      check(path))
+  config = folder_config(root, batch_size=4, eval_batch_size=4)
+  data.get_dataset_info(config)
+  next(data.create_train_iterator(config))
+  for _ in range(2):  # Two evaluations.
+    list(data.create_eval_iterator(config))
+  files = [os.path.join(root, split, name, f"{i}.png") for split in ("train", "val")
+           for name in ("cat", "dog") for i in range(2)]
+  assert sorted(checked) == sorted(files)
 
 
 # ----------------------------------------------------------------------------
@@ -232,32 +274,6 @@ def test_training_on_the_folder_matches_training_on_the_embedded_digits(digits_f
 # ----------------------------------------------------------------------------
 # Bad data: one clear message, naming the path, before the workdir is touched.
 # ----------------------------------------------------------------------------
-def small_folder(root, splits=("train", "val"), classes=("cat", "dog"), images=2):
-  """root/split/class/i.png for each split and class: 4x4 gray PNGs."""
-  for split in splits:
-    for name in classes:
-      os.makedirs(os.path.join(root, split, name), exist_ok=True)
-      for i in range(images):
-        Image.new("L", (4, 4), 40 * i).save(os.path.join(root, split, name, f"{i}.png"))
-  return str(root)
-
-
-def not_an_image(root):
-  path = os.path.join(root, "train", "dog", "notes.jpg")
-  with open(path, "w") as f:
-    f.write("a text file, not a JPEG")
-  return path
-
-
-def remove(root, *paths):
-  for path in paths:
-    path = os.path.join(root, path)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    else:
-      os.remove(path)
-
-
 # Name -> (make the folder in root: the dataset's PATH, the error, its message).
 BAD_FOLDERS = {
     "missing": (lambda root: os.path.join(root, "nowhere"), FileNotFoundError,
