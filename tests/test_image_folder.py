@@ -141,7 +141,9 @@ def test_every_format_and_mode_becomes_normalised_rgb(tmp_path):
       # Sizes that differ, none square: the recipes crop and resize each.
       size = (40 + 7 * index, 30 + 5 * index)
       image = Image.fromarray(rng.integers(0, 256, (*size, 3), np.uint8)).convert(mode)
-      image.save(folder / f"{index}.{extension}")
+      # The GIF is animated: its first frame is the image.
+      extra = dict(save_all=True, append_images=[image.transpose(0)]) if extension == "gif" else {}
+      image.save(folder / f"{index}.{extension}", **extra)
   for augment, image_size in (("imagenet", 48), ("cifar", 16), (True, None), (False, 24)):
     config = folder_config(tmp_path, image_size=image_size, augment=augment, batch_size=6,
                            eval_batch_size=8)
