@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from resnet_ln.train import signals
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FLAGS = flags.FLAGS
@@ -65,6 +67,18 @@ def _quiet_libraries() -> None:
 
 def main(argv):
   del argv
+  try:
+    # Until the trainer installs its own handlers, a SIGTERM or Ctrl-C stops start-up.
+    with signals.StopSignals():
+      _train()
+  except signals.Interrupted as e:
+    logging.warning("%s Nothing was saved; rerun the command to start or resume the run.", e)
+  except KeyboardInterrupt:
+    sys.exit("error: stopped at once by a second Ctrl-C, without saving; rerun the command to "
+             "resume from the newest complete checkpoint.")
+
+
+def _train() -> None:
   count, index = FLAGS.num_processes, FLAGS.process_id
   if FLAGS.coordinator_address is None and (count, index) != (None, None):
     sys.exit("error: --num_processes and --process_id need --coordinator_address=HOST:PORT "
@@ -91,7 +105,8 @@ def main(argv):
 
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, OSError, train.CheckpointError, train.NonFiniteError) as e:
+  except (ValueError, OSError, train.CheckpointError, train.NonFiniteError,
+          train.WorkdirLockedError) as e:
     message = str(e)
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
       message += (f" ({e.filename or FLAGS.workdir}): the disk is full. Free some space, then "

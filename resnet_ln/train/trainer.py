@@ -8,9 +8,7 @@ device work is in `steps.py`; this file holds the side effects.
 import functools
 import json
 import os
-import signal
 import time
-import types
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -27,11 +25,14 @@ from resnet_ln.models import get_model
 from resnet_ln.train import checkpoint as checkpoint_lib
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
+from resnet_ln.train import signals
 from resnet_ln.train import steps
+from resnet_ln.train import workdir as workdir_lib
 from resnet_ln.train.metrics import MetricWriter
 from resnet_ln.train.state import TrainState, create_train_state
 from resnet_ln.train.tasks import Task, get_task
-from resnet_ln.train.validation import ConfigError, model_error, validate_config
+from resnet_ln.train.validation import (ConfigError, model_error, naming_memory_limits,
+                                       validate_config)
 
 
 
@@ -143,25 +144,15 @@ def evaluate(p_eval_step: Callable, state: TrainState, config: ml_collections.Co
   return task.summarize(totals)
 
 
-class _Preemption:
-  """Remembers a SIGTERM so that the loop can checkpoint and exit cleanly."""
-
-  def __init__(self) -> None:
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
-    self.requested = True
+class _Preemption(signals.StopSignals):
+  """SIGTERM and SIGINT: stop start-up at once; in the loop, checkpoint and exit cleanly."""
 
   def agreed(self) -> bool:
     """Whether any process was asked to stop (a collective in multi-process runs)."""
+    requested = self.received is not None
     if jax.process_count() == 1:
-      return self.requested
-    return bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
-
-  def restore(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+      return requested
+    return bool(multihost_utils.process_allgather(np.int32(requested)).any())
 
 
 # ----------------------------------------------------------------------------
@@ -190,81 +181,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- State: fresh, or the newest readable checkpoint. ---
   check_workdir(workdir)
-  host_state = initial_state(config, model, info, tx)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.max_to_keep)
-  restored = checkpointer.restore(host_state, config)
-  if restored:
-    host_state, start_step = restored
-    logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
-  else:
-    start_step = 0
-  state = parallel.put_state(host_state)
-  del host_state
-  num_params = sum(x.size for x in jax.tree.leaves(state.params)) // (
-      len(parallel.devices) if parallel.layout == "pmap" else 1)
-  logging.info("Model %s: %s parameters; %d devices (%s), %d train steps of %d examples.",
-               config.model, f"{num_params:,}", num_devices, config.parallelism,
-               num_train_steps, config.batch_size)
+  # One run per workdir; SIGTERM and SIGINT stop it cleanly at any moment.
+  with _Preemption() as preemption, workdir_lib.WorkdirLock(workdir), \
+      naming_memory_limits(config):
+    host_state = initial_state(config, model, info, tx)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, config.max_to_keep)
+    restored = checkpointer.restore(host_state, config)
+    if restored:
+      host_state, start_step = restored
+      logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
+    else:
+      start_step = 0
+    state = parallel.put_state(host_state)
+    del host_state
+    num_params = sum(x.size for x in jax.tree.leaves(state.params)) // (
+        len(parallel.devices) if parallel.layout == "pmap" else 1)
+    logging.info("Model %s: %s parameters; %d devices (%s), %d train steps of %d examples.",
+                 config.model, f"{num_params:,}", num_devices, config.parallelism,
+                 num_train_steps, config.batch_size)
 
-  writer = MetricWriter(workdir)
-  if writer.is_primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    writer = MetricWriter(workdir)
+    if writer.is_primary:
+      workdir_lib.record_config(workdir, config, start_step)
 
-  dynamic_loss_scale = config.dtype == "float16"
-  # Steps whose update the step function drops when the gradient is not finite:
-  # float16's loss scaling does so (halving the scale) on every overflow.
-  skips_nonfinite = config.skip_nonfinite or dynamic_loss_scale
-  p_train_step = parallel.train_fn(functools.partial(
-      steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
-      dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite))
-  p_eval_step = parallel.eval_fn(functools.partial(
-      steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
-  train_iter = data.prefetch_to_device(
-      data.create_train_iterator(config, start_step=start_step, layout=parallel.layout,
-                                 num_devices=len(parallel.devices)),
-      2, parallel.batch_sharding, devices=parallel.devices)
+    dynamic_loss_scale = config.dtype == "float16"
+    # Steps whose update the step function drops when the gradient is not finite:
+    # float16's loss scaling does so (halving the scale) on every overflow.
+    skips_nonfinite = config.skip_nonfinite or dynamic_loss_scale
+    p_train_step = parallel.train_fn(functools.partial(
+        steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
+        dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite))
+    p_eval_step = parallel.eval_fn(functools.partial(
+        steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
+    train_iter = data.prefetch_to_device(
+        data.create_train_iterator(config, start_step=start_step, layout=parallel.layout,
+                                   num_devices=len(parallel.devices)),
+        2, parallel.batch_sharding, devices=parallel.devices)
 
-  # --- Step, log, evaluate, checkpoint. ---
-  preemption = _Preemption()
-  pending = []  # Device metrics since the last fetch: no host sync per step.
-  window = {"sums": {}, "steps": 0, "start": time.time()}
-  eval_metrics = {}
-  step = start_step
-  last_saved = start_step if restored else None
-  preempted = False
-  try:
-    while step < num_train_steps:
-      state, metrics = p_train_step(state, next(train_iter))
-      pending.append(metrics)
-      step += 1
-      is_last = step == num_train_steps
-      preempted = (jax.process_count() == 1 or step % config.log_every_steps == 0) and \
-          preemption.agreed()
-      should_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
-      if step % config.log_every_steps == 0 or is_last or should_save:
-        _fetch(pending, window, parallel, step, skips_nonfinite, last_saved)
-        pending = []
-      if step % config.log_every_steps == 0 or is_last:
-        _log_train(writer, window, step, num_train_steps, schedule, config, num_devices, task)
-      if should_save:
-        checkpointer.save(step, parallel.get_state(state), config)
-        last_saved = step
-      if preempted:
-        logging.warning("Stopping at step %d after SIGTERM; rerun the command to resume.", step)
-        break
-      if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
+    # --- Step, log, evaluate, checkpoint. ---
+    preemption.start_training()
+    pending = []  # Device metrics since the last fetch: no host sync per step.
+    window = {"sums": {}, "steps": 0, "start": time.time()}
+    eval_metrics = {}
+    step = start_step
+    last_saved = start_step if restored else None
+    preempted = False
+    try:
+      while step < num_train_steps:
+        state, metrics = p_train_step(state, next(train_iter))
+        pending.append(metrics)
+        step += 1
+        is_last = step == num_train_steps
+        preempted = (jax.process_count() == 1 or step % config.log_every_steps == 0) and \
+            preemption.agreed()
+        should_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
+        if step % config.log_every_steps == 0 or is_last or should_save:
+          _fetch(pending, window, parallel, step, skips_nonfinite, last_saved)
+          pending = []
+        if step % config.log_every_steps == 0 or is_last:
+          _log_train(writer, window, step, num_train_steps, schedule, config, num_devices, task)
+        if should_save:
+          checkpointer.save(step, parallel.get_state(state), config)
+          last_saved = step
+        if preempted:
+          logging.warning("Stopping at step %d after %s; rerun the command to resume.", step,
+                          preemption.received)
+          break
+        if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
+          eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
+          writer.write(step, "eval", eval_metrics)
+      if step == num_train_steps and not preempted:
+        # The final eval, here rather than in the loop so that a rerun of a
+        # finished run (or of one stopped before this eval) evaluates it too.
         eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
         writer.write(step, "eval", eval_metrics)
-    if step == num_train_steps and not preempted:
-      # The final eval, here rather than in the loop so that a rerun of a
-      # finished run (or of one stopped before this eval) evaluates it too.
-      eval_metrics = evaluate(p_eval_step, state, config, parallel, task)
-      writer.write(step, "eval", eval_metrics)
-  finally:
-    preemption.restore()
-    writer.close()
-    checkpointer.close()  # Waits for the last save, and raises if it failed.
+    finally:
+      writer.close()
+      checkpointer.close()  # Waits for the last save, and raises if it failed.
   return {"step": step, **eval_metrics}
 
 
