@@ -74,8 +74,11 @@ def main(argv):
   except signals.Interrupted as e:
     logging.warning("%s Nothing was saved; rerun the command to start or resume the run.", e)
   except KeyboardInterrupt:
-    sys.exit("error: stopped at once by a second Ctrl-C, without saving; rerun the command to "
-             "resume from the newest complete checkpoint.")
+    print("error: stopped at once by a second Ctrl-C, without saving; rerun the command to "
+          "resume from the newest complete checkpoint.", file=sys.stderr, flush=True)
+    # Not sys.exit: Orbax's writer threads, stopped mid-save, would print tracebacks while
+    # Python shuts down. What they leave is what a SIGKILL leaves, which resuming handles.
+    os._exit(1)
 
 
 def _train() -> None:

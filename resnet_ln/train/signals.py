@@ -9,13 +9,16 @@
   run stops without saving, and its newest complete checkpoint stays intact.
 """
 
+import contextlib
 import signal
 import types
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The `deferred()` sections under way, and the Interrupted that waits for their end.
+_deferral = {"depth": 0, "pending": None}
 
 
 class Interrupted(BaseException):
@@ -25,6 +28,19 @@ class Interrupted(BaseException):
   its way (such as the one that sets unreadable checkpoints aside) takes it for
   an error of the code it interrupts.
   """
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+  """A section that Interrupted does not cut short (taking a lock): it is raised at its end."""
+  _deferral["depth"] += 1
+  try:
+    yield
+  finally:
+    _deferral["depth"] -= 1
+  if _deferral["depth"] == 0 and _deferral["pending"]:
+    pending, _deferral["pending"] = _deferral["pending"], None
+    raise pending
 
 
 class StopSignals:
@@ -61,6 +77,10 @@ class StopSignals:
       return
     self.received = name
     if not self._training:
-      raise Interrupted(f"{name} received during start-up: stopped before training began.")
+      interrupted = Interrupted(f"{name} received during start-up: stopped before training began.")
+      if _deferral["depth"]:
+        _deferral["pending"] = interrupted
+        return
+      raise interrupted
     logging.warning("%s received: saving a checkpoint and exiting (Ctrl-C again exits at once, "
                     "without saving).", name)

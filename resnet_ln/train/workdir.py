@@ -27,6 +27,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from resnet_ln.train import signals
+
 LOCK_NAME = "lock"
 HEARTBEAT_S = 30.0  # How often the holder touches its lock file.
 STALE_AFTER_S = 600.0  # A lock from another host with an older heartbeat is taken over.
@@ -100,16 +102,20 @@ class WorkdirLock:
 
   def __enter__(self) -> "WorkdirLock":
     error = None
-    if jax.process_index() == 0:
-      try:
-        self._acquire()
-      except WorkdirLockedError as e:
-        error = e
-    if jax.process_count() > 1:  # A collective: every process stops when process 0 must.
-      locked = multihost_utils.process_allgather(np.int32(error is None))
-      if not locked.all() and error is None:
-        error = WorkdirLockedError(f"Process 0 could not lock --workdir={self.workdir}: see "
-                                   "its log.")
+    try:
+      if jax.process_index() == 0:
+        try:
+          self._acquire()
+        except WorkdirLockedError as e:
+          error = e
+      if jax.process_count() > 1:  # A collective: every process stops when process 0 must.
+        locked = multihost_utils.process_allgather(np.int32(error is None))
+        if not locked.all() and error is None:
+          error = WorkdirLockedError(f"Process 0 could not lock --workdir={self.workdir}: see "
+                                     "its log.")
+    except BaseException:  # E.g. a SIGTERM during start-up: `__exit__` will not run.
+      self.release()
+      raise
     if error:
       raise error
     return self
@@ -124,19 +130,21 @@ class WorkdirLock:
         "boot_id": _boot_id(), "since": since, "command": " ".join(sys.argv),
     }).encode()
     for _ in range(3):  # Each round either takes the lock, or removes one stale lock.
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        self._remove_if_stale()
-        continue
-      try:
-        os.write(fd, record)
-        os.fsync(fd)
-      finally:
-        os.close(fd)
-      self._record = record
-      self._heartbeat.start()
-      return
+      with signals.deferred():  # Once the file exists, `_record` says it is ours.
+        try:
+          fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+          fd = None
+        if fd is not None:
+          try:
+            os.write(fd, record)
+            os.fsync(fd)
+          finally:
+            os.close(fd)
+          self._record = record
+          self._heartbeat.start()
+          return
+      self._remove_if_stale()
     raise WorkdirLockedError(f"Could not take {self.path}: other runs keep taking it over.")
 
   def _remove_if_stale(self) -> None:
@@ -181,19 +189,20 @@ class WorkdirLock:
 
   def release(self) -> None:
     """Deletes the lock file if this process holds it."""
-    if self._record is None:
-      return
-    self._stop.set()
-    try:
-      with open(self.path, "rb") as f:
-        mine = f.read() == self._record
-      if mine:
-        os.remove(self.path)
-      else:
-        logging.warning("%s was taken over by another run; leaving it to that run.", self.path)
-    except FileNotFoundError:
-      pass
-    self._record = None
+    with signals.deferred():
+      if self._record is None:
+        return
+      self._stop.set()
+      try:
+        with open(self.path, "rb") as f:
+          mine = f.read() == self._record
+        if mine:
+          os.remove(self.path)
+        else:
+          logging.warning("%s was taken over by another run; leaving it to that run.", self.path)
+      except FileNotFoundError:
+        pass
+      self._record = None
 
 
 # ----------------------------------------------------------------------------
