@@ -83,8 +83,8 @@ def _holder_gone(holder: dict[str, Any] | None, age_s: float) -> str | None:
 def _describe(holder: dict[str, Any] | None) -> str:
   if holder is None:
     return "a run whose lock file is empty or unreadable (it may be being written)"
-  return (f"PID {holder['pid']} on host {holder['host']}, running since {holder['since']} "
-          f"({holder.get('command', '?')})")
+  return (f"PID {holder['pid']} on host {holder['host']}, running since "
+          f"{holder.get('since', '?')} ({holder.get('command', '?')})")
 
 
 class WorkdirLock:
@@ -159,13 +159,16 @@ class WorkdirLock:
       holder = json.loads(content)
     except ValueError:
       holder = None
+    if not (isinstance(holder, dict) and {"host", "pid"} <= holder.keys()):
+      holder = None
     reason = _holder_gone(holder, age_s)
     if reason is None:
       raise WorkdirLockedError(
           f"--workdir={self.workdir} is in use by {_describe(holder)}. Wait for that run to "
           "finish, stop it, or pass another --workdir. If it is gone (its machine was lost), "
           f"delete {self.path}; a lock from another host is also taken over once its heartbeat "
-          f"(the file's modification time, now {age_s:.0f} s old) is {STALE_AFTER_S:.0f} s old."
+          f"(the file's modification time, now {age_s:.0f} s old) is {STALE_AFTER_S:.0f} s old, "
+          "one from this host as soon as its process has exited."
       )
     # Renamed first, so that of two runs taking over the same stale lock only one removes it.
     claimed = f"{self.path}.stale.{socket.gethostname()}.{os.getpid()}"
