@@ -1,7 +1,9 @@
 """Trains a resnet_ln model: `python train.py --config=configs/default.py --workdir=DIR`.
 
 Any config field can be overridden: `--config.batch_size=512`. Rerunning the
-same command on the same workdir resumes from its latest checkpoint. With
+same command on the same workdir resumes from its latest checkpoint; Ctrl-C or
+SIGTERM saves the current step and exits, and one run at a time holds a
+workdir. With
 --distributed (Cloud TPU pods, SLURM, Open MPI: detected by JAX), under SLURM or
 Open MPI with several tasks, or with --coordinator_address, `jax.distributed`
 is initialised first.
