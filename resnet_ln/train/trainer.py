@@ -8,6 +8,7 @@ device work is in `steps.py`; this file holds the side effects.
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -148,11 +149,18 @@ class _Preemption(signals.StopSignals):
   """SIGTERM and SIGINT: stop start-up at once; in the loop, checkpoint and exit cleanly."""
 
   def agreed(self) -> bool:
-    """Whether any process was asked to stop (a collective in multi-process runs)."""
-    requested = self.received is not None
+    """Whether any process was asked to stop (a collective in multi-process runs).
+
+    A process told by another sets `received` to, e.g., "SIGTERM to process 1".
+    """
     if jax.process_count() == 1:
-      return requested
-    return bool(multihost_utils.process_allgather(np.int32(requested)).any())
+      return self.received is not None
+    mine = signal.Signals.__members__.get(self.received or "", 0)  # 0: none.
+    signums = multihost_utils.process_allgather(np.int32(mine))
+    if self.received is None and signums.any():
+      process = int(np.flatnonzero(signums)[0])
+      self.received = f"{signal.Signals(int(signums[process])).name} to process {process}"
+    return bool(signums.any())
 
 
 # ----------------------------------------------------------------------------
