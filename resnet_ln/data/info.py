@@ -3,9 +3,8 @@
 import dataclasses
 from typing import TYPE_CHECKING
 
-import ml_collections
-
-if TYPE_CHECKING:  # TFDS, which synthetic data and `DatasetInfo` users never need.
+if TYPE_CHECKING:  # TFDS and ml_collections, which `DatasetInfo` users never need.
+  import ml_collections
   import tensorflow_datasets as tfds
 
 # Synthetic data sized like the real thing, so that steps per epoch and schedules
@@ -41,7 +40,7 @@ class DatasetInfo:
   eval_split: str
 
 
-def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+def get_dataset_info(config: "ml_collections.ConfigDict") -> DatasetInfo:
   """The `DatasetInfo` of `config.dataset`, preparing the dataset in data_dir if needed.
 
   Reads config.dataset, data_dir, image_size, seq_len, num_classes (synthetic
@@ -69,7 +68,7 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return info_from_builder(config, sources.load_builder(name, config.data_dir))
 
 
-def info_from_builder(config: ml_collections.ConfigDict,
+def info_from_builder(config: "ml_collections.ConfigDict",
                       builder: "tfds.core.DatasetBuilder") -> DatasetInfo:
   """`get_dataset_info` for a prepared TFDS builder."""
   # Imported here, not at the top: they import TensorFlow, which synthetic data
