@@ -33,11 +33,15 @@ from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import get_task
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run's directory (as given to train.py).")
-flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default: the newest.")
-flags.DEFINE_string("split", None, "Split to evaluate, any TFDS split spec (e.g. 'train', "
-                    "'test[:50%]'); default: the run's eval split.")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+  """The command's flags (defined by `__main__` only, so that the module imports as a library)."""
+  flags.DEFINE_string("workdir", None, "The run's directory (as given to train.py).")
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default: the newest.")
+  flags.DEFINE_string("split", None, "Split to evaluate, any TFDS split spec (e.g. 'train', "
+                      "'test[:50%]'); default: the run's eval split.")
+  flags.mark_flag_as_required("workdir")
 
 _OVERRIDE_PREFIX = "--config."
 
@@ -142,4 +146,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main, flags_parser=_parse_flags)

@@ -33,16 +33,20 @@ from resnet_ln.run import Run, load_run
 from resnet_ln.train.tasks import get_task
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run's directory (as given to train.py).")
-flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
-flags.DEFINE_string("output", None, "Where to write: a file (stablehlo) or a directory "
-                    "(savedmodel).")
-flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "savedmodel"], "What to write.")
-flags.DEFINE_string("batch_size", "dynamic", "The batch size the export takes: N, or 'dynamic' "
-                    "for any.")
-flags.DEFINE_list("platforms", None, "stablehlo: the platforms to lower for (cpu, cuda, rocm, "
-                  "tpu); default: this machine's.")
-flags.mark_flags_as_required(["workdir", "output"])
+
+
+def define_flags() -> None:
+  """The command's flags (defined by `__main__` only, so that the module imports as a library)."""
+  flags.DEFINE_string("workdir", None, "The run's directory (as given to train.py).")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
+  flags.DEFINE_string("output", None, "Where to write: a file (stablehlo) or a directory "
+                      "(savedmodel).")
+  flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "savedmodel"], "What to write.")
+  flags.DEFINE_string("batch_size", "dynamic", "The batch size the export takes: N, or 'dynamic' "
+                      "for any.")
+  flags.DEFINE_list("platforms", None, "stablehlo: the platforms to lower for (cpu, cuda, rocm, "
+                    "tpu); default: this machine's.")
+  flags.mark_flags_as_required(["workdir", "output"])
 
 FORMATS = ("stablehlo", "savedmodel")
 METADATA_FILE = "resnet_ln.json"  # In a SavedModel directory.
@@ -143,4 +147,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

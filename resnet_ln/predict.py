@@ -24,12 +24,16 @@ from resnet_ln import cli
 from resnet_ln.run import Run, load_run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The classification run's directory (as given to train.py).")
-flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
-flags.DEFINE_integer("top_k", 5, "Classes to show per image.")
-flags.DEFINE_integer("batch_size", 64, "Images per model call.")
-flags.DEFINE_bool("json", False, "One JSON object per image instead of text.")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+  """The command's flags (defined by `__main__` only, so that the module imports as a library)."""
+  flags.DEFINE_string("workdir", None, "The classification run's directory (as given to train.py).")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
+  flags.DEFINE_integer("top_k", 5, "Classes to show per image.")
+  flags.DEFINE_integer("batch_size", 64, "Images per model call.")
+  flags.DEFINE_bool("json", False, "One JSON object per image instead of text.")
+  flags.mark_flag_as_required("workdir")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 
@@ -146,4 +150,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -20,15 +20,19 @@ from resnet_ln.models.generate import generate
 from resnet_ln.run import Run, load_run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The char_lm run's directory (as given to train.py).")
-flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
-flags.DEFINE_string("prompt", "\n", "Text to continue (UTF-8); default: a new line.")
-flags.DEFINE_integer("length", 500, "Bytes to generate.")
-flags.DEFINE_float("temperature", 0.8, "Softmax temperature: lower is more conservative, "
-                   "0 always takes the most likely byte.")
-flags.DEFINE_integer("top_k", 0, "Sample among the k most likely bytes only; 0: all.")
-flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same text.")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+  """The command's flags (defined by `__main__` only, so that the module imports as a library)."""
+  flags.DEFINE_string("workdir", None, "The char_lm run's directory (as given to train.py).")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest.")
+  flags.DEFINE_string("prompt", "\n", "Text to continue (UTF-8); default: a new line.")
+  flags.DEFINE_integer("length", 500, "Bytes to generate.")
+  flags.DEFINE_float("temperature", 0.8, "Softmax temperature: lower is more conservative, "
+                     "0 always takes the most likely byte.")
+  flags.DEFINE_integer("top_k", 0, "Sample among the k most likely bytes only; 0: all.")
+  flags.DEFINE_integer("seed", 0, "Random seed: the same seed gives the same text.")
+  flags.mark_flag_as_required("workdir")
 
 
 def sample_text(run: Run, prompt: str, length: int, temperature: float = 0.8, top_k: int = 0,
@@ -74,4 +78,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)
