@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -23,6 +24,7 @@ from resnet_ln.evaluate import evaluate_run
 from resnet_ln import export
 from resnet_ln.predict import normalize, predict_files
 from resnet_ln.run import RunError
+from resnet_ln.train import checkpoint
 from resnet_ln.sample import sample_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +108,21 @@ def test_load_run_refuses_a_config_that_does_not_build(digits_run, tmp_path):
   (workdir / "config.json").write_text(json.dumps(config))
   with pytest.raises(RunError, match="config.json does not build a model"):
     load_run(str(workdir))
+
+
+def test_load_run_maps_the_sequence_models_old_parameter_names(char_lm_run, tmp_path):
+  run = load_run(char_lm_run)
+  old_names = {"embed": "Embed_0", "lstm": "LSTM_0", "head": "Dense_0"}
+  for name in ("config.json", "dataset.json"):
+    shutil.copy(os.path.join(char_lm_run, name), tmp_path)
+  saver = checkpoint.Checkpointer(str(tmp_path), max_to_keep=1, asynchronous=False)
+  saver.save(3, {"params": {old_names[k]: v for k, v in run.variables["params"].items()}},
+             ml_collections.ConfigDict(run.config.to_dict()))
+  saver.close()
+  renamed = load_run(str(tmp_path))
+  assert set(renamed.variables["params"]) == {"embed", "lstm", "head"}
+  tokens = np.arange(12, dtype=np.int32).reshape(2, 6)
+  np.testing.assert_array_equal(renamed.apply(tokens), run.apply(tokens))
 
 
 # --- evaluate ---------------------------------------------------------------
