@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FLAGS = flags.FLAGS
 # Errors that are the user's input, not a bug: reported in one line.
-USER_ERRORS = (ValueError, OSError, KeyError)
+USER_ERRORS = (ValueError, OSError)
 
 
 class UsageError(ValueError):
@@ -43,7 +43,6 @@ def run(main: Callable[[list[str]], None],
     try:
       main(argv)
     except (*USER_ERRORS, CheckpointError) as e:
-      message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-      sys.exit(f"error: {message}".replace("\n", " "))
+      sys.exit(f"error: {e}".replace("\n", " "))
 
   app.run(checked_main, flags_parser=flags_parser)

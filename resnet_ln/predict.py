@@ -123,14 +123,16 @@ def predict_files(run: Run, paths: Sequence[str], top_k: int = 5,
 
 def _probabilities(run: Run, images: np.ndarray, batch_size: int) -> np.ndarray:
   """Softmax of the model on uint8 `images`, in calls of `batch_size` (the last one padded)."""
-  predict = jax.jit(lambda x: jax.nn.softmax(run.apply(x)))
+  # The variables are an argument, not constants folded into the compiled program.
+  predict = jax.jit(lambda variables, x: jax.nn.softmax(
+      run.model.apply(variables, x, train=False)))
   batch_size = min(batch_size, len(images))
   out = []
   for start in range(0, len(images), batch_size):
     batch = normalize(images[start:start + batch_size], run)
     padding = batch_size - len(batch)
     batch = np.pad(batch, [(0, padding)] + [(0, 0)] * (batch.ndim - 1))
-    out.append(np.asarray(predict(batch))[:batch_size - padding])
+    out.append(np.asarray(predict(run.variables, batch))[:batch_size - padding])
   return np.concatenate(out)
 
 

@@ -11,6 +11,7 @@ commands all start here.
 """
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -19,7 +20,6 @@ from typing import Any, Iterator
 import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from resnet_ln.data.info import DatasetInfo
 from resnet_ln.train import build
@@ -182,9 +182,8 @@ def _matching_variables(model: nn.Module, info: DatasetInfo, variables: dict[str
                         workdir: str, step: int) -> dict[str, Any]:
   """The checkpoint's variables, checked against the model's (legacy names mapped)."""
   dummy = jax.ShapeDtypeStruct((1, *info.example_shape), get_task(info.task).input_dtype)
-  expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(dummy.shape,
-                                                                              dummy.dtype),
-                                               train=False))
+  expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                            dummy)
   params = variables["params"]
   if set(params) != set(expected["params"]) and set(LEGACY_NAMES) & set(params):
     variables = {collection: {LEGACY_NAMES.get(k, k): v for k, v in tree.items()}

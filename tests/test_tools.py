@@ -226,11 +226,10 @@ def no_checkpoint_run(digits_run, tmp_path_factory):
   return str(workdir)
 
 
-@pytest.mark.parametrize("command", ["evaluate", "predict", "sample", "export"])
-def test_commands_without_a_checkpoint_say_so_in_one_line(no_checkpoint_run, tmp_path, command):
-  rc, stderr = _command(f"resnet_ln.{command}", f"--workdir={no_checkpoint_run}",
-                        f"--output={tmp_path / 'out'}" if command == "export" else "--nojson"
-                        if command == "predict" else "--verbosity=-1")
+@pytest.mark.parametrize("command, args", [
+    ("evaluate", []), ("predict", ["image.png"]), ("sample", []), ("export", ["--output=out"])])
+def test_commands_without_a_checkpoint_say_so_in_one_line(no_checkpoint_run, command, args):
+  rc, stderr = _command(f"resnet_ln.{command}", f"--workdir={no_checkpoint_run}", *args)
   assert rc == 1
   assert stderr[-1].startswith("error: No checkpoint in "), stderr
   assert not any("Traceback" in line for line in stderr)
