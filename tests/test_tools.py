@@ -195,6 +195,13 @@ def test_sample_starts_from_the_models_distribution_at_the_prompt(char_lm_run):
                              jax.nn.softmax(run.apply(prompt)[:, -1] / 0.8), atol=1e-6)
 
 
+def test_sample_command_prints_the_prompt_and_the_text_as_sampled(char_lm_run):
+  out = subprocess.run([sys.executable, "-m", "resnet_ln.sample", f"--workdir={char_lm_run}",
+                        "--prompt=def ", "--length=20", "--seed=3"], capture_output=True, cwd=REPO)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout == b"def " + sample_text(load_run(char_lm_run), "def ", 20, seed=3) + b"\n"
+
+
 # --- export -----------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", export.FORMATS)
