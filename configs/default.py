@@ -30,16 +30,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.freeze = config_dict.placeholder(str)
   config.freeze_batch_stats = False  # True: BatchNorm statistics matched by freeze stay fixed.
 
-  # Data: an embedded offline dataset, synthetic data, or any TFDS name.
+  # Data: an embedded offline dataset (digits, pydoc_topics), synthetic data
+  # (synthetic_image, synthetic_text), image_folder:PATH, text_files:PATH_OR_GLOB, or a TFDS name.
   config.dataset = "digits"
   config.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR or TFDS's default.
-  config.train_split = "train"  # Any TFDS split spec, e.g. "train[:90%]".
-  config.eval_split = config_dict.placeholder(str)  # None: "validation" if present, else "test".
+  config.train_split = "train"  # A TFDS split spec ("train[:90%]"); image folders: a folder.
+  # None: "validation" if present, else "test" (image folders: val, validation or test).
+  config.eval_split = config_dict.placeholder(str)
   config.num_classes = 1000  # synthetic_image only; real datasets bring their own.
   config.shuffle_buffer = 0  # Images; 0: the whole split, at most 50,000 examples.
-  config.image_size = config_dict.placeholder(int)  # None: the dataset's own size (8 for digits).
+  # None: the dataset's own size (8 for digits; 224 for ImageNet and image folders).
+  config.image_size = config_dict.placeholder(int)
   config.seq_len = 128  # Characters per sequence (language modelling).
-  config.augment = True
+  # True: the dataset's usual train augmentation (image folders: "cifar" up to 64 pixels, else
+  # "imagenet"); False: none; "imagenet": random-resized crop and flip; "cifar": pad-and-crop
+  # and flip. The eval crop follows the recipe.
+  config.augment = config_dict.FieldReference(True, field_type=object)
+  config.skip_bad_images = False  # Image folders: leave out (and count) files that are not images.
+  config.eval_fraction = 0.1  # Text files: the last part of each file that is held out for eval.
   config.batch_size = 128  # Global, over all devices and hosts.
   config.eval_batch_size = 256
 
@@ -76,4 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 0  # 0: only at the end.
   config.checkpoint_every_steps = 200
   config.max_to_keep = 3
+  # JAX's persistent compilation cache, so that a rerun or a resume does not compile
+  # again. None: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/resnet_ln/jax; "": off.
+  config.compilation_cache_dir = config_dict.placeholder(str)
+  config.profile_steps = ""  # "100:110": a jax.profiler trace of steps 101-110 in DIR/profile/.
   return config

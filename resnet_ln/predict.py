@@ -3,9 +3,9 @@
   python -m resnet_ln.predict --workdir=DIR FILE_OR_FOLDER ... [--top_k=5] [--json]
 
 Each image gets the run's eval preprocessing: decoded to the run's channels
-(grayscale, RGB or RGBA files alike), resized (ImageNet runs: the central
-224/256 crop first) to the run's image size, normalised with the run's mean and
-std. Folders are searched for image files. Classes are named by dataset.json's
+(grayscale, RGB or RGBA files alike), resized (with the ImageNet recipe: the
+central 224/256 crop first) to the run's image size, normalised with the run's
+mean and std. Folders are searched for image files. Classes are named by dataset.json's
 `label_names` when the run has them, else by index. A file that cannot be read
 is reported and skipped.
 """
@@ -35,7 +35,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("json", False, "One JSON object per image instead of text.")
   flags.mark_flag_as_required("workdir")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 
 
 def image_files(paths: Sequence[str]) -> Iterator[str]:
@@ -61,19 +61,16 @@ def load_image(path: str, run: Run) -> np.ndarray:
   from resnet_ln.data import preprocess  # pylint: disable=import-outside-toplevel
   from resnet_ln.data.cpu_tensorflow import tf  # pylint: disable=import-outside-toplevel
 
-  height, width, channels = run.input_shape
+  height, _, channels = run.input_shape
   with open(path, "rb") as f:
     contents = f.read()
+  # The eval branch of the training pipeline's decoder (`pipeline._decoder`), from any
+  # image size: the run's recipe (config.augment's) with its eval crop and resize.
+  recipe = preprocess.recipe(run.info.name, run.config.augment, height)
   try:
-    if preprocess.family(run.info.name) == "imagenet":
-      image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
-      y, x, h, w = preprocess._central_window(tf.shape(image))  # pylint: disable=protected-access
-      image = tf.image.crop_to_bounding_box(image, y, x, h, w)
-      image = tf.image.resize(image, [height, width], "bilinear", antialias=True)
-      return tf.saturate_cast(tf.round(image), tf.uint8).numpy()
     return preprocess.preprocess_image(
         run.info.name, tf.constant(contents), None, image_shape=(None, None, channels),
-        image_size=height, augment=False).numpy()
+        image_size=height, augment=False, recipe=recipe).numpy()
   except (tf.errors.InvalidArgumentError, ValueError) as e:
     # TensorFlow's message, without its op and device decorations.
     reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", getattr(e, "message", str(e))).strip()

@@ -177,6 +177,18 @@ def test_predict_on_png_files_agrees_with_the_model_on_those_images(digits_run, 
   assert all(len(r["top_k"]) == 3 for r in results[:-1])
 
 
+def test_predict_names_the_classes_with_the_runs_label_names(digits_run, tmp_path):
+  workdir = tmp_path / "named"
+  shutil.copytree(digits_run, workdir)
+  record = json.loads((workdir / "dataset.json").read_text())
+  record["label_names"] = [f"digit_{i}" for i in range(10)]
+  (workdir / "dataset.json").write_text(json.dumps(record))
+  image = tmp_path / "zeros.png"
+  tf.io.write_file(str(image), tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)))  # RGB -> gray
+  (result,) = predict_files(load_run(str(workdir)), [str(image)], top_k=10)
+  assert sorted(c["label"] for c in result["top_k"]) == record["label_names"]
+
+
 # --- sample -----------------------------------------------------------------
 
 def test_sample_is_deterministic_for_a_seed_and_changes_with_it(char_lm_run):

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -117,6 +119,10 @@ def test_metrics_config_and_tensorboard_are_written(tmp_path):
   assert result["examples"] == evals[0]["examples"] == 355
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["model"] == "cifar_resnet8"
+  [timing] = read_metrics(workdir, "time")
+  assert timing["step"] == 2 and 0 < timing["goodput"] < 1
+  assert timing["seconds_compiling"] > 0 and timing["seconds_total"] == pytest.approx(
+      sum(v for k, v in timing.items() if k.startswith("seconds_") and k != "seconds_total"))
   with open(os.path.join(workdir, "dataset.json")) as f:
     record = json.load(f)
   assert (record["task"], record["num_classes"], record["example_shape"]) == (
@@ -177,3 +183,24 @@ def test_char_lm_trains_and_reports_bits_per_char(tmp_path):
   result = train.train_and_evaluate(config, str(tmp_path))
   assert 0 < result["bits_per_char"] < 8.5
   assert result["tokens"] > 0
+
+
+def test_profile_steps_write_a_trace_and_nothing_without_them(tmp_path):
+  traced, plain = str(tmp_path / "traced"), str(tmp_path / "plain")
+  train.train_and_evaluate(tiny_config(num_train_steps=3, profile_steps="1:2"), traced)
+  train.train_and_evaluate(tiny_config(num_train_steps=3), plain)
+  traces = [name for _, _, names in os.walk(os.path.join(traced, "profile")) for name in names]
+  assert any(name.endswith(".xplane.pb") for name in traces), traces
+  assert not os.path.exists(os.path.join(plain, "profile"))
+
+
+def test_the_compilation_cache_is_written_where_the_config_says(tmp_path):
+  cache = tmp_path / "cache"
+  script = ("import sys; from configs import default; from resnet_ln import train; "
+            "config = default.get_config(); "
+            "config.update(model='cifar_resnet8', batch_size=32, num_train_steps=2, "
+            f"compilation_cache_dir={str(cache)!r}); "
+            "train.train_and_evaluate(config, sys.argv[1])")
+  subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], check=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+  assert len(os.listdir(cache)) > 0

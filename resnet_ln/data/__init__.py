@@ -8,7 +8,9 @@ devices: `resnet_ln.train.parallel` places the batches on the devices.
 TFDS, and TensorFlow with the GPUs and TPUs hidden from it, are imported only
 when a TFDS dataset is first used (which registers the offline datasets
 `digits` and `pydoc_topics`, see `embedded`): `DatasetInfo` and the
-'synthetic_image' / 'synthetic_text' infos need neither.
+'synthetic_image' / 'synthetic_text' infos need neither. Your own files go
+through the same pipelines: 'image_folder:PATH' (`folders`) and
+'text_files:PATH_OR_GLOB' (`text_files`).
 """
 
 from resnet_ln.data.info import DatasetInfo

@@ -26,8 +26,10 @@ class DatasetInfo:
     example_shape: one model input: (height, width, channels) or (seq_len,).
     num_train: training examples (images), or training sequences per epoch.
     num_eval: eval examples (images) or sequences.
-    train_split: the TFDS split trained on.
-    eval_split: the TFDS split evaluated on.
+    train_split: the TFDS split (or image folder) trained on.
+    eval_split: the TFDS split (or image folder) evaluated on.
+    label_names: the class names, label i is label_names[i]; () when unnamed
+      (language modelling, synthetic data).
   """
 
   name: str
@@ -38,18 +40,23 @@ class DatasetInfo:
   num_eval: int
   train_split: str
   eval_split: str
+  label_names: tuple[str, ...] = ()
 
 
 def get_dataset_info(config: "ml_collections.ConfigDict") -> DatasetInfo:
   """The `DatasetInfo` of `config.dataset`, preparing the dataset in data_dir if needed.
 
-  Reads config.dataset, data_dir, image_size, seq_len, num_classes (synthetic
-  images only), train_split and eval_split (None: 'validation' when the dataset
-  has one, else 'test').
+  Reads config.dataset, data_dir, image_size, seq_len, augment, num_classes
+  (synthetic images only), train_split and eval_split (None: 'validation' when
+  the dataset has one, else 'test'); for image folders skip_bad_images, for
+  text files eval_fraction.
 
   Raises:
-    ValueError: unknown dataset, or one without `image`/`label` or `text` features.
-    FileNotFoundError: the dataset is not in data_dir and cannot be made here.
+    ValueError: unknown dataset, one without `image`/`label` or `text` features,
+      or an image folder or text files that cannot be used (the message names
+      the folder or file).
+    FileNotFoundError: the dataset is not in data_dir and cannot be made here,
+      or an image folder or text file that is not there.
   """
   name = config.dataset
   if name == "synthetic_image":
@@ -64,8 +71,51 @@ def get_dataset_info(config: "ml_collections.ConfigDict") -> DatasetInfo:
     return DatasetInfo(name=name, task="language_modeling", num_classes=256,
                        example_shape=(seq_len,), num_train=num_train, num_eval=num_eval,
                        train_split="train", eval_split="validation")
-  from resnet_ln.data import sources  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from resnet_ln.data import folders, text_files
+  if folders.is_image_folder(name):
+    return image_folder_info(config)
+  if text_files.is_text_files(name):
+    return text_files_info(config)
+  from resnet_ln.data import sources
   return info_from_builder(config, sources.load_builder(name, config.data_dir))
+
+
+def image_folder_info(config: "ml_collections.ConfigDict") -> DatasetInfo:
+  """`get_dataset_info` for 'image_folder:PATH': lists (once per process) and checks it."""
+  # pylint: disable=import-outside-toplevel
+  from resnet_ln.data import folders, preprocess
+  root = folders.root_of(config.dataset)
+  eval_split = folders.eval_split_of(root, config.eval_split)
+  train, evaluation = folders.load_splits(root, config.train_split, eval_split,
+                                          config.skip_bad_images)
+  size = config.image_size or _DEFAULT_IMAGENET_SIZE
+  preprocess.recipe(config.dataset, config.augment, size)  # Refuses a bad config.augment.
+  return DatasetInfo(name=config.dataset, task="classification",
+                     num_classes=len(train.class_names), example_shape=(size, size, 3),
+                     num_train=len(train.paths), num_eval=len(evaluation.paths),
+                     train_split=config.train_split, eval_split=eval_split,
+                     label_names=train.class_names)
+
+
+def text_files_info(config: "ml_collections.ConfigDict") -> DatasetInfo:
+  """`get_dataset_info` for 'text_files:PATH_OR_GLOB': from the file sizes alone."""
+  # pylint: disable=import-outside-toplevel
+  from resnet_ln.data import text, text_files
+  if (config.train_split, config.eval_split) != ("train", None):
+    raise ValueError(
+        f"config.dataset={config.dataset!r} has the splits {text_files.SPLITS} (each file's "
+        "last config.eval_fraction is eval): leave config.train_split and config.eval_split "
+        "unset.")
+  files = text_files.list_files(config.dataset)
+  text_files.check(config.dataset, files, config.eval_fraction, config.seq_len)
+  num_train, num_eval = (
+      text.num_windows(text_files.split_bytes(files, config.eval_fraction, split),
+                       config.seq_len) for split in text_files.SPLITS)
+  return DatasetInfo(name=config.dataset, task="language_modeling",
+                     num_classes=text.VOCAB_SIZE, example_shape=(config.seq_len,),
+                     num_train=num_train, num_eval=num_eval, train_split="train",
+                     eval_split="eval")
 
 
 def info_from_builder(config: "ml_collections.ConfigDict",
@@ -100,11 +150,14 @@ def info_from_builder(config: "ml_collections.ConfigDict",
   if size is None and (height is None or width is None):
     raise ValueError(
         f"Dataset {config.dataset!r} has images of varying sizes: set config.image_size.")
+  if preprocess.recipe(config.dataset, config.augment, size or height) == "imagenet":
+    channels = 3  # The ImageNet recipe decodes to RGB.
   shape = (size, size, channels) if size else (height, width, channels)
   return DatasetInfo(name=config.dataset, task="classification",
                      num_classes=features["label"].num_classes, example_shape=shape,
                      num_train=count(builder, train_split), num_eval=count(builder, eval_split),
-                     train_split=train_split, eval_split=eval_split)
+                     train_split=train_split, eval_split=eval_split,
+                     label_names=tuple(features["label"].names))
 
 
 def count(builder: "tfds.core.DatasetBuilder", split: "tfds.typing.SplitArg") -> int:

@@ -23,10 +23,17 @@ Eval. Every example of the eval split is visited once across all processes.
 Each process pads its part with `mask` = 0 examples up to the same number of
 batches, ceil(largest part / process_batch), so that the collectives of a
 multi-host eval step line up.
+
+Your own files. An image folder (`folders`) is a listing of paths sorted by
+class: process p takes files p, p + P, p + 2P, ... (every class in every part,
+sizes within one), each epoch is a full permutation of its file indices, and
+only then are the files read and decoded, in the parallel map. Text files
+(`text_files`) give one byte string per split and take the TFDS text path.
 """
 
 import itertools
 import math
+import re
 from typing import Iterator
 
 import jax
@@ -34,13 +41,17 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from resnet_ln.data import folders
 from resnet_ln.data import info as info_lib
 from resnet_ln.data import preprocess
 from resnet_ln.data import sources
 from resnet_ln.data import text
+from resnet_ln.data import text_files
 from resnet_ln.data.cpu_tensorflow import tf
 
 _DEFAULT_SHUFFLE_BUFFER = 50_000
+# What tf.data wraps around an op's error message.
+_UNWRAP_ERROR = re.compile(r"\{\{.*?\}\}\s*|Error in user-defined function .*?: Iterator::\S+: ")
 _MAX_EPOCHS = 2**20  # Epoch seeds are seed * _MAX_EPOCHS + epoch.
 # config.seed is in [0, MAX_SEED), so that the int64 epoch seeds cannot overflow.
 MAX_SEED = 2**24
@@ -56,7 +67,8 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int 
 
   Args:
     config: reads dataset, data_dir, batch_size (global), seed, augment,
-      image_size, seq_len, shuffle_buffer, train_split.
+      image_size, seq_len, shuffle_buffer, train_split, skip_bad_images (image
+      folders), eval_fraction (text files).
     start_step: yield the batches a fresh iterator yields from its
       start_step-th batch on.
 
@@ -66,32 +78,43 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int 
   process_batch = _process_batch(config.batch_size, "batch_size")
   if config.dataset in sources.SYNTHETIC:
     return _synthetic(info_lib.get_dataset_info(config), config.seed, process_batch)
-  builder = sources.load_builder(config.dataset, config.data_dir)
-  info = info_lib.info_from_builder(config, builder)
+  info, builder = _open(config)
   start = start_step * process_batch
   index, count = jax.process_index(), jax.process_count()
   if info.task == "language_modeling":
-    data = tf.constant(text.load_bytes(builder, info.train_split))
+    data = tf.constant(_text_bytes(config, builder, info.train_split))
     low, high = _even_range(text.num_windows(len(data), config.seq_len), index, count)
     stream = _shuffled_epochs(tf.data.Dataset.range(low, high), high - low, config.seed,
                               start, buffer_size=high - low)
     batches = stream.map(lambda i: text.window(data, i, config.seq_len),
                          num_parallel_calls=tf.data.AUTOTUNE)
   else:
-    records = _image_records(builder, tfds.even_splits(info.train_split, count)[index])
-    num_examples = int(records.cardinality())
-    buffer_size = config.shuffle_buffer or min(num_examples, _DEFAULT_SHUFFLE_BUFFER)
+    if builder is None:
+      # An image folder's listing is sorted by class: a full permutation of
+      # this process's file indices each epoch, and the files read after it.
+      split = folders.split_of(config.dataset, info.train_split, config.skip_bad_images)
+      records = tf.data.Dataset.range(index, len(split.paths), count)
+      num_examples = buffer_size = len(range(index, len(split.paths), count))
+      load = _file_reader(split)
+    else:
+      records = _image_records(builder, tfds.even_splits(info.train_split, count)[index])
+      num_examples = int(records.cardinality())
+      buffer_size = config.shuffle_buffer or min(num_examples, _DEFAULT_SHUFFLE_BUFFER)
+      load = _tfds_record
     stream = _shuffled_epochs(records, num_examples, config.seed, start, buffer_size)
+    decode = _decoder(config, info, builder)
     base_seed = tf.constant([config.seed, index], tf.int64)
 
-    def augment(position, example):
+    def augment(position, record):
+      image_bytes, label = load(record)
       seed = tf.random.experimental.stateless_fold_in(base_seed, position)
-      return {"image": _preprocess(info, builder, example["image"], seed, config.augment),
-              "label": tf.cast(example["label"], tf.int32)}
+      return {"image": decode(image_bytes, seed if config.augment else None), "label": label}
 
     batches = stream.enumerate(start).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-  batches = batches.batch(process_batch, drop_remainder=True)
-  return finish_batches(batches, config.dataset)
+  batches = finish_batches(batches.batch(process_batch, drop_remainder=True), config.dataset)
+  if info.task == "classification" and builder is None:
+    return _naming_undecodable_files(batches, split, stream, process_batch)
+  return batches
 
 
 def create_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
@@ -103,7 +126,8 @@ def create_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str
 
   Args:
     config: reads dataset, data_dir, eval_batch_size (global), image_size,
-      seq_len, eval_split.
+      seq_len, eval_split, augment (its recipe's eval crop), skip_bad_images
+      (image folders), eval_fraction (text files).
 
   Raises:
     ValueError: eval_batch_size does not divide over the processes.
@@ -116,10 +140,9 @@ def create_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str
                                           for i in range(count))]
     return _synthetic(info, config.seed, process_batch,
                       num_batches=math.ceil(max(sizes) / process_batch), num_real=sizes[index])
-  builder = sources.load_builder(config.dataset, config.data_dir)
-  info = info_lib.info_from_builder(config, builder)
+  info, builder = _open(config)
   if info.task == "language_modeling":
-    data = tf.constant(text.load_bytes(builder, info.eval_split))
+    data = tf.constant(_text_bytes(config, builder, info.eval_split))
     num_windows = text.num_windows(len(data), config.seq_len)
     sizes = [high - low for low, high in (_even_range(num_windows, i, count)
                                           for i in range(count))]
@@ -127,20 +150,51 @@ def create_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str
     examples = tf.data.Dataset.range(low, low + sizes[index]).map(
         lambda i: text.window(data, i, config.seq_len))
   else:
-    splits = tfds.even_splits(info.eval_split, count)
-    sizes = [info_lib.count(builder, split) for split in splits]
-    examples = _image_records(builder, splits[index]).map(
-        lambda example: {
-            "image": _preprocess(info, builder, example["image"], None, augment=False),
-            "label": tf.cast(example["label"], tf.int32)},
-        num_parallel_calls=tf.data.AUTOTUNE)
+    if builder is None:
+      split = folders.split_of(config.dataset, info.eval_split, config.skip_bad_images)
+      sizes = [len(range(i, len(split.paths), count)) for i in range(count)]
+      records = tf.data.Dataset.range(index, len(split.paths), count)
+      load = _file_reader(split)
+    else:
+      splits = tfds.even_splits(info.eval_split, count)
+      sizes = [info_lib.count(builder, part) for part in splits]
+      records = _image_records(builder, splits[index])
+      load = _tfds_record
+    decode = _decoder(config, info, builder)
+
+    def preprocess_eval(record):
+      image_bytes, label = load(record)
+      return {"image": decode(image_bytes, None), "label": label}
+
+    examples = records.map(preprocess_eval, num_parallel_calls=tf.data.AUTOTUNE)
   examples = examples.map(lambda example: {**example, "mask": tf.constant(1.0)})
   padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype),
                                   examples.element_spec)
   num_batches = math.ceil(max(sizes) / process_batch)
   batches = (examples.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
              .take(num_batches * process_batch).batch(process_batch))
-  return finish_batches(batches, config.dataset)
+  batches = finish_batches(batches, config.dataset)
+  if info.task == "classification" and builder is None:
+    return _naming_undecodable_files(batches, split, records, process_batch)
+  return batches
+
+
+def _open(config: ml_collections.ConfigDict,
+          ) -> tuple[info_lib.DatasetInfo, tfds.core.DatasetBuilder | None]:
+  """The dataset's info, and its TFDS builder (None for image folders and text files)."""
+  if folders.is_image_folder(config.dataset) or text_files.is_text_files(config.dataset):
+    return info_lib.get_dataset_info(config), None
+  builder = sources.load_builder(config.dataset, config.data_dir)
+  return info_lib.info_from_builder(config, builder), builder
+
+
+def _text_bytes(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder | None,
+                split: str) -> np.ndarray:
+  """uint8 [N]: the split's text, from TFDS or from text files."""
+  if builder is None:
+    return text_files.load_bytes(text_files.list_files(config.dataset), config.eval_fraction,
+                                 split)
+  return text.load_bytes(builder, split)
 
 
 def _process_batch(global_batch: int, field: str) -> int:
@@ -188,13 +242,68 @@ def _shuffled_epochs(examples: tf.data.Dataset, num_examples: int, seed: int, st
   return tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(offset)
 
 
-def _preprocess(info: info_lib.DatasetInfo, builder: tfds.core.DatasetBuilder,
-                image_bytes: tf.Tensor, seed: tf.Tensor | None, augment: bool) -> tf.Tensor:
-  """`preprocess.preprocess_image`, resizing to info.example_shape where it is not native."""
-  native_shape = builder.info.features["image"].shape
+def _tfds_record(record: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+  """A TFDS record -> (encoded image, int32 label)."""
+  return record["image"], tf.cast(record["label"], tf.int32)
+
+
+def _file_reader(split: folders.Split):
+  """An image folder's file index -> (the file's bytes, int32 label)."""
+  paths = tf.constant(split.paths.tolist(), tf.string)
+  labels = tf.constant(split.labels, tf.int32)
+  return lambda i: (tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))
+
+
+def _naming_undecodable_files(batches: Iterator[dict[str, np.ndarray]], split: folders.Split,
+                              file_indices: tf.data.Dataset, process_batch: int,
+                              ) -> Iterator[dict[str, np.ndarray]]:
+  """`batches` of an image folder, with a file that fails to read or decode named.
+
+  The header check when listing catches files that are not images at all; a
+  damaged one fails in the middle of tf.data, whose error does not say which
+  file it was. The order is deterministic, so the failing batch's files are
+  known (`file_indices`, the stream of file indices that `batches` decodes):
+  decode them one by one to find it.
+  """
+  for number in itertools.count():
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.OpError as error:
+      indices = file_indices.skip(number * process_batch).take(process_batch)
+      bad = [split.paths[i] for i in indices.as_numpy_iterator()
+             if not _decodes(split.paths[i])]
+      reason = _UNWRAP_ERROR.sub("", error.message.splitlines()[0])
+      what = bad[0] if bad else f"A file of {split.directory}"
+      raise ValueError(f"{what} cannot be read as an image ({reason}). Remove or replace it "
+                       "(config.skip_bad_images leaves out only files that do not start "
+                       "like an image).") from None
+    yield batch
+
+
+def _decodes(path: str) -> bool:
+  try:
+    tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  except tf.errors.OpError:
+    return False
+  return True
+
+
+def _decoder(config: ml_collections.ConfigDict, info: info_lib.DatasetInfo,
+             builder: tfds.core.DatasetBuilder | None):
+  """(encoded image, seed) -> uint8 pixels of info.example_shape, with config.augment's
+  recipe; seed None: no augmentation (eval, or config.augment=False)."""
+  native_shape = builder.info.features["image"].shape if builder else (None, None, 3)
   image_size = None if info.example_shape == native_shape else info.example_shape[0]
-  return preprocess.preprocess_image(info.name, image_bytes, seed, image_shape=native_shape,
-                                     image_size=image_size, augment=augment)
+  recipe = preprocess.recipe(info.name, config.augment, info.example_shape[0])
+
+  def decode(image_bytes: tf.Tensor, seed: tf.Tensor | None) -> tf.Tensor:
+    return preprocess.preprocess_image(info.name, image_bytes, seed, image_shape=native_shape,
+                                       image_size=image_size, augment=seed is not None,
+                                       recipe=recipe)
+
+  return decode
 
 
 def finish_batches(batches: tf.data.Dataset, name: str) -> Iterator[dict[str, np.ndarray]]:

@@ -32,7 +32,7 @@ from resnet_ln.train import checkpoint as checkpoint_lib
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
 from resnet_ln.train import steps
-from resnet_ln.train.metrics import MetricWriter, TrainWindow
+from resnet_ln.train.metrics import MetricWriter, Stopwatch, TrainWindow
 from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import Task, get_task
 from resnet_ln.train import warm_start
@@ -40,6 +40,9 @@ from resnet_ln.train.validation import ConfigError, model_error, validate_config
 
 
 DATASET_FILE = "dataset.json"
+# A log window that waited for input more than this share of its time is input-bound.
+INPUT_BOUND_FRACTION = 0.5
+DEFAULT_COMPILATION_CACHE = "~/.cache/resnet_ln/jax"
 
 
 class NonFiniteError(FloatingPointError):
@@ -55,6 +58,24 @@ def create_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> n
     return build.create_model(config, info)
   except (TypeError, ValueError) as e:
     raise model_error(config, e) from None
+
+
+def enable_compilation_cache(directory: str | None) -> None:
+  """JAX's persistent compilation cache: a rerun or a resume does not compile again.
+
+  Args:
+    directory: the cache; None for $JAX_COMPILATION_CACHE_DIR, else
+      DEFAULT_COMPILATION_CACHE; '' leaves the cache off.
+  """
+  if directory == "":
+    return
+  current = jax.config.jax_compilation_cache_dir
+  directory = os.path.expanduser(directory or current or DEFAULT_COMPILATION_CACHE)
+  if current and os.path.expanduser(current) != directory:
+    logging.warning("The compilation cache is already %s in this process; not switching to %s.",
+                    current, directory)
+    return
+  jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def dataset_record(info: data.DatasetInfo) -> dict[str, Any]:
@@ -145,6 +166,32 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+class _ProfileWindow:
+  """A `jax.profiler` trace of the steps in config.profile_steps ('START:STOP'), if any."""
+
+  def __init__(self, steps: str, directory: str) -> None:
+    self.start, self.stop_after = (map(int, steps.split(":")) if steps else (None, None))
+    self.directory = directory
+    self.tracing = False
+
+  def before_step(self, step: int) -> None:
+    if step == self.start:
+      jax.profiler.start_trace(self.directory)
+      self.tracing = True
+
+  def after_step(self, step: int, state: Any) -> None:
+    if self.tracing and step >= self.stop_after:
+      jax.block_until_ready(state)
+      self.stop()
+      logging.info("Wrote a profile of steps %d to %d to %s (TensorBoard or Perfetto).",
+                   self.start + 1, self.stop_after, self.directory)
+
+  def stop(self) -> None:
+    if self.tracing:
+      jax.profiler.stop_trace()
+      self.tracing = False
+
+
 # ----------------------------------------------------------------------------
 # The loop.
 # ----------------------------------------------------------------------------
@@ -154,7 +201,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns:
     The final eval metrics (plus `step`).
   """
+  stopwatch = Stopwatch()
   validate_config(config)
+  enable_compilation_cache(config.compilation_cache_dir)
   info = data.get_dataset_info(config)
   task = get_task(info.task, config.label_smoothing)
   parallel = parallel_lib.create_parallelism(config.parallelism, config.num_devices)
@@ -207,16 +256,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- Step, log, evaluate, checkpoint. ---
   preemption = _Preemption()
+  profile = _ProfileWindow(config.profile_steps, os.path.join(workdir, "profile"))
   pending = []  # Device metrics since the last fetch: no host sync per step.
   window = TrainWindow()
   eval_metrics = {}
   step = start_step
   preempted = False
+  stopwatch.seconds["setup"] = time.perf_counter() - stopwatch.start
   try:
     while step < num_train_steps:
-      state, metrics = train_step_fn(state, next(train_batches))
+      with stopwatch("waiting_for_input"):
+        start = time.perf_counter()
+        batch = next(train_batches)
+        window.input_seconds += time.perf_counter() - start
+      if step == start_step:
+        # Compiled ahead of time, so that compiling is timed on its own (and a
+        # rerun finds it in the persistent compilation cache).
+        with stopwatch("compiling"):
+          train_step_fn = train_step_fn.lower(state, batch).compile()
+      profile.before_step(step)
+      state, metrics = train_step_fn(state, batch)
       pending.append(metrics)
       step += 1
+      profile.after_step(step, state)
       is_last = step == num_train_steps
       preempted = (jax.process_count() == 1 or step % config.log_every_steps == 0) and \
           preemption.agreed()
@@ -228,19 +290,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _log_train(writer, window, step, num_train_steps, schedule, config,
                    parallel.num_devices, task)
       if should_save:
-        checkpointer.save(step, parallel.get_state(state), config)
+        with stopwatch("checkpointing"):
+          checkpointer.save(step, parallel.get_state(state), config)
       if preempted:
         logging.warning("Stopping at step %d after SIGTERM; rerun the command to resume.", step)
         break
       if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
-        eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
+        with stopwatch("evaluating"):
+          eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
         writer.write(step, "eval", eval_metrics)
     if step == num_train_steps and not preempted:
       # The final eval, here rather than in the loop so that a rerun of a
       # finished run (or of one stopped before this eval) evaluates it too.
-      eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
+      with stopwatch("evaluating"):
+        eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
       writer.write(step, "eval", eval_metrics)
+    with stopwatch("checkpointing"):
+      checkpointer.wait()
+    writer.write(step, "time", stopwatch.summary())
   finally:
+    profile.stop()
     preemption.restore()
     writer.close()
     checkpointer.close()  # Waits for the last save, and raises if it failed.
@@ -297,4 +366,10 @@ def _log_train(writer: MetricWriter, window: TrainWindow, step: int, num_train_s
   if window.skipped:
     metrics["skipped_steps"] = float(window.skipped)
   writer.write(step, "train", metrics)
+  if window.input_fraction() > INPUT_BOUND_FRACTION and window.steps > 1:
+    logging.warning(
+        "The run is input-bound: the step waited for input %.0f%% of the time since the last "
+        "log. `python -m bench.input_pipeline` measures the pipeline's examples/s per CPU "
+        "core; give the host more cores, or use a smaller image_size or lighter augmentation.",
+        100 * window.input_fraction())
   window.reset()

@@ -84,3 +84,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                         "'stage1_block0/conv1/kernel'.") from None
   _require(not config.init_from or os.path.exists(config.init_from), "init_from",
            config.init_from, "no such file or directory")
+  profile = config.profile_steps
+  bounds = profile.split(":") if profile else ["0", "1"]
+  _require(len(bounds) == 2 and all(b.isdigit() for b in bounds)
+           and int(bounds[0]) < int(bounds[1]), "profile_steps", profile,
+           "expected 'START:STOP' with 0 <= START < STOP (steps), or '' for no profile")
