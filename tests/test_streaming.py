@@ -118,3 +118,5 @@ def test_sample_logits_keeps_the_top_k_and_argmax_at_temperature_0():
   assert set(np.unique(top2)) == {2, 3}
   assert abs(np.mean(top2 == 3) - 4 / 7) < 0.05  # Renormalised over the two kept.
   assert set(np.unique(sample_logits(jax.random.PRNGKey(0), logits, temperature=0))) == {3}
+  with pytest.raises(ValueError, match="top_k=5 is more than the vocabulary"):
+    sample_logits(jax.random.PRNGKey(0), logits, top_k=5)

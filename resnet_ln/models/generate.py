@@ -20,6 +20,8 @@ def sample_logits(rng: jax.Array, logits: jax.Array, temperature: float = 1.0,
                   top_k: int = 0) -> jax.Array:
   """One token id per row of `logits` [batch, vocab]: from softmax(logits / temperature),
   restricted to the `top_k` most likely (0: all); temperature 0 takes the argmax."""
+  if top_k > logits.shape[-1]:
+    raise ValueError(f"top_k={top_k} is more than the vocabulary, {logits.shape[-1]} tokens.")
   if temperature == 0:
     return jnp.argmax(logits, -1).astype(jnp.int32)
   logits = logits.astype(jnp.float32) / temperature
@@ -52,7 +54,8 @@ def generate(model: nn.Module, variables: Any, prompt_ids: jax.Array, length: in
     [batch, length, vocab] float32 (step 0's are the model's at the prompt's end).
 
   Raises:
-    ValueError: an empty or non-[batch, time] prompt, a negative length or temperature.
+    ValueError: an empty or non-[batch, time] prompt, a negative length, temperature or
+      top_k, or a top_k above the vocabulary size.
   """
   prompt_ids = jnp.asarray(prompt_ids)
   if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
