@@ -87,12 +87,16 @@ class Run:
   model: nn.Module
   variables: dict[str, Any]
   normalization: tuple[tuple[float, ...], tuple[float, ...]]
-  label_names: tuple[str, ...] = ()
 
   @property
   def task(self) -> str:
     """'classification' or 'language_modeling'."""
     return self.info.task
+
+  @property
+  def label_names(self) -> tuple[str, ...]:
+    """The class names (label i is label_names[i]); () when the dataset has none."""
+    return self.info.label_names
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -132,8 +136,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   return Run(workdir=workdir, step=step, config=config, info=info, model=model,
              variables=variables,
              normalization=(tuple(normalization.get("mean", ())),
-                            tuple(normalization.get("std", ()))),
-             label_names=tuple(record.get("label_names") or ()))
+                            tuple(normalization.get("std", ()))))
 
 
 def _read_json(workdir: str, name: str, missing: str) -> dict[str, Any]:
