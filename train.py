@@ -1,7 +1,9 @@
 """Trains a resnet_ln model: `python train.py --config=configs/default.py --workdir=DIR`.
 
 Any config field can be overridden: `--config.batch_size=512`. Rerunning the
-same command on the same workdir resumes from its latest checkpoint. With
+same command on the same workdir resumes from its latest checkpoint; Ctrl-C or
+SIGTERM saves the current step and exits, and one run at a time holds a
+workdir. With
 --distributed (Cloud TPU pods, SLURM, Open MPI: detected by JAX), under SLURM or
 Open MPI with several tasks, or with --coordinator_address, `jax.distributed`
 is initialised first.
@@ -14,6 +16,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from resnet_ln.train import signals
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,6 +69,21 @@ def _quiet_libraries() -> None:
 
 def main(argv):
   del argv
+  try:
+    # Until the trainer installs its own handlers, a SIGTERM or Ctrl-C stops start-up.
+    with signals.StopSignals():
+      _train()
+  except signals.Interrupted as e:
+    logging.warning("%s Nothing was saved; rerun the command to start or resume the run.", e)
+  except KeyboardInterrupt:
+    print("error: stopped at once by a second Ctrl-C, without saving; rerun the command to "
+          "resume from the newest complete checkpoint.", file=sys.stderr, flush=True)
+    # Not sys.exit: Orbax's writer threads, stopped mid-save, would print tracebacks while
+    # Python shuts down. What they leave is what a SIGKILL leaves, which resuming handles.
+    os._exit(1)
+
+
+def _train() -> None:
   count, index = FLAGS.num_processes, FLAGS.process_id
   if FLAGS.coordinator_address is None and (count, index) != (None, None):
     sys.exit("error: --num_processes and --process_id need --coordinator_address=HOST:PORT "
@@ -91,7 +110,8 @@ def main(argv):
 
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, OSError, train.CheckpointError, train.NonFiniteError) as e:
+  except (ValueError, OSError, train.CheckpointError, train.NonFiniteError,
+          train.WorkdirLockedError) as e:
     message = str(e)
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
       message += (f" ({e.filename or FLAGS.workdir}): the disk is full. Free some space, then "

@@ -5,7 +5,6 @@ module (a few seconds), offline, through TFDS itself.
 """
 
 import collections
-import subprocess
 import sys
 
 import jax

@@ -5,11 +5,13 @@ steps 8, 16 and 24), and damage the copy or interrupt a run like it; its final
 parameters are what every resumed run must reach.
 """
 
+import json
 import os
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import pytest
 
 from configs import default
 from resnet_ln import train
+from resnet_ln.train import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(model="cifar_resnet8", batch_size=32, schedule="constant", warmup_epochs=0.0,
@@ -75,6 +78,17 @@ def snapshot(directory):
   return entries
 
 
+def wait_for(condition, process, log, timeout=240):
+  deadline = time.time() + timeout
+  while not condition():
+    assert time.time() < deadline and process.poll() is None, open(log).read()
+    time.sleep(0.005)
+
+
+def lock_file(workdir):
+  return os.path.join(workdir, workdir_lib.LOCK_NAME)
+
+
 def assert_same_variables(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
 
@@ -96,17 +110,18 @@ def copy_of_finished(finished, tmp_path):
 # ----------------------------------------------------------------------------
 # Interruptions.
 # ----------------------------------------------------------------------------
-def test_sigterm_saves_the_current_step_and_the_rerun_finishes_identically(tmp_path, finished):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl_c"])
+def test_a_stop_signal_saves_the_current_step_and_the_rerun_finishes_identically(
+    tmp_path, finished, signum):
   workdir, log = str(tmp_path / "run"), str(tmp_path / "stderr.txt")
   process = start(workdir, log)
   metrics = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 240
-  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):  # Step 2 is logged.
-    assert time.time() < deadline and process.poll() is None, open(log).read()
-    time.sleep(0.02)
-  process.send_signal(signal.SIGTERM)
+  wait_for(lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0,  # Step 2 is logged.
+           process, log)
+  process.send_signal(signum)
   assert process.wait(timeout=240) == 0, open(log).read()
-  stopped = re.search(r"Stopping at step (\d+) after SIGTERM", open(log).read())
+  assert "Traceback" not in open(log).read()
+  stopped = re.search(rf"Stopping at step (\d+) after {signum.name}", open(log).read())
   assert stopped, open(log).read()
   assert checkpoint_steps(workdir)[-1] == int(stopped.group(1)) < 24
 
@@ -114,6 +129,39 @@ def test_sigterm_saves_the_current_step_and_the_rerun_finishes_identically(tmp_p
   assert rerun.returncode == 0, rerun.stderr
   assert f"at step {stopped.group(1)}." in rerun.stderr
   assert_same_variables(train.load_variables(finished), train.load_variables(workdir))
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_newest_complete_checkpoint_resumes(
+    tmp_path, finished):
+  workdir, log = str(tmp_path / "run"), str(tmp_path / "stderr.txt")
+  process = start(workdir, log)
+  wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints")) and
+           checkpoint_steps(workdir), process, log)
+  process.send_signal(signal.SIGINT)
+  wait_for(lambda: "SIGINT received" in open(log).read(), process, log)
+  process.send_signal(signal.SIGINT)
+  assert process.wait(timeout=240) == 1, open(log).read()
+  assert "stopped at once by a second Ctrl-C" in open(log).read()
+  assert "Traceback" not in open(log).read()
+  assert not os.path.exists(lock_file(workdir))
+
+  rerun = run(workdir)
+  assert rerun.returncode == 0, rerun.stderr
+  assert_same_variables(train.load_variables(finished), train.load_variables(workdir))
+
+
+def test_sigterm_during_start_up_exits_cleanly_and_leaves_the_workdir_as_it_was(
+    copy_of_finished, tmp_path):
+  workdir, log = str(copy_of_finished), str(tmp_path / "stderr.txt")
+  before = snapshot(workdir)
+  process = start(workdir, log, "--config.num_train_steps=32")
+  # The lock is taken before the state is built, restored and compiled.
+  wait_for(lambda: os.path.exists(lock_file(workdir)), process, log)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=240) == 0, open(log).read()
+  assert "SIGTERM received during start-up" in open(log).read()
+  assert "Traceback" not in open(log).read()
+  assert snapshot(workdir) == before
 
 
 def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint_to_resume_from(
@@ -150,6 +198,81 @@ def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint_to_resume_f
 
 
 # ----------------------------------------------------------------------------
+# One run per workdir.
+# ----------------------------------------------------------------------------
+def lock_written(workdir):
+  return lambda: os.path.exists(lock_file(workdir)) and os.path.getsize(lock_file(workdir)) > 0
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_finishes(tmp_path, finished):
+  workdir, log = str(tmp_path / "run"), str(tmp_path / "stderr.txt")
+  first = start(workdir, log)
+  wait_for(lock_written(workdir), first, log)
+  first.send_signal(signal.SIGSTOP)  # Still holding the lock, and changing nothing meanwhile.
+  try:
+    time.sleep(0.1)
+    before = snapshot(workdir)
+    second = run(workdir)
+    after = snapshot(workdir)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert second.returncode == 1
+  assert f"is in use by PID {first.pid} on host {socket.gethostname()}, running since" in \
+      second.stderr
+  assert "Traceback" not in second.stderr
+  assert after == before
+  assert first.wait(timeout=240) == 0, open(log).read()
+  assert not os.path.exists(lock_file(workdir))
+  assert_same_variables(train.load_variables(finished), train.load_variables(workdir))
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, finished):
+  workdir, log = str(tmp_path / "run"), str(tmp_path / "stderr.txt")
+  killed = start(workdir, log)
+  wait_for(lock_written(workdir), killed, log)
+  killed.kill()
+  killed.wait(timeout=60)
+  assert os.path.exists(lock_file(workdir))
+
+  rerun = run(workdir)
+  assert rerun.returncode == 0, rerun.stderr
+  assert f"Took over the lock {lock_file(workdir)} of PID {killed.pid} on host" in rerun.stderr
+  assert f"process {killed.pid} is no longer running" in rerun.stderr
+  assert not os.path.exists(lock_file(workdir))
+  assert_same_variables(train.load_variables(finished), train.load_variables(workdir))
+
+
+HERE = socket.gethostname()
+
+
+@pytest.mark.parametrize("holder, heartbeat_age_s, taken_over", [
+    (dict(host="elsewhere"), 60, False),
+    (dict(host="elsewhere"), workdir_lib.STALE_AFTER_S + 60, True),
+    (dict(host=HERE, pid=os.getpid(), pid_start=workdir_lib._process_start(os.getpid())), 0,
+     False),
+    (dict(host=HERE, pid=os.getpid(), pid_start="1"), 0, True),  # The PID was reused.
+], ids=["other_host_alive", "other_host_stale", "this_host_alive", "this_host_pid_reused"])
+def test_a_lock_is_taken_over_only_when_its_holder_is_gone(tmp_path, holder, heartbeat_age_s,
+                                                           taken_over):
+  path = lock_file(str(tmp_path))
+  record = {"pid": 4321, "since": "2026-01-01T00:00:00+00:00", "command": "train.py", **holder}
+  with open(path, "w") as f:
+    json.dump(record, f)
+  os.utime(path, (time.time() - heartbeat_age_s,) * 2)
+  lock = workdir_lib.WorkdirLock(str(tmp_path))
+  if taken_over:
+    with lock:
+      with open(path) as f:
+        assert json.load(f)["pid"] == os.getpid()
+    assert os.listdir(tmp_path) == []
+  else:
+    with pytest.raises(train.WorkdirLockedError, match="is in use by PID .* delete"):
+      lock.__enter__()
+    with open(path) as f:
+      assert json.load(f) == record
+
+
+# ----------------------------------------------------------------------------
 # Damaged checkpoints and disks.
 # ----------------------------------------------------------------------------
 def test_a_corrupted_latest_checkpoint_is_named_and_the_previous_one_used(copy_of_finished,
@@ -166,6 +289,41 @@ def test_a_corrupted_latest_checkpoint_is_named_and_the_previous_one_used(copy_o
   assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "24"))
   assert "Resumed from" in resumed.stderr and "at step 16." in resumed.stderr
   assert_same_variables(train.load_variables(finished), train.load_variables(workdir, step=24))
+
+
+def flip_bytes_in_largest_array_file(checkpoint):
+  files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(checkpoint, "state"))
+           for name in names]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.seek(os.path.getsize(largest) // 2)
+    data = f.read(8)
+    f.seek(-len(data), os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_a_checkpoint_whose_bytes_changed_is_refused_and_the_previous_one_used(
+    copy_of_finished, finished):
+  workdir = str(copy_of_finished)
+  flip_bytes_in_largest_array_file(os.path.join(workdir, "checkpoints", "24"))
+  with pytest.raises(train.CheckpointError, match=r"checkpoints/24 is damaged: 1 of its arrays"):
+    train.load_variables(workdir)
+
+  resumed = run(workdir)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "checkpoints/24 is unreadable (CheckpointError: " in resumed.stderr
+  assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "24"))
+  assert "Resumed from" in resumed.stderr and "at step 16." in resumed.stderr
+  assert_same_variables(train.load_variables(finished), train.load_variables(workdir, step=24))
+
+
+def test_a_checkpoint_without_digests_still_restores_with_a_warning(copy_of_finished, finished,
+                                                                    caplog):
+  workdir = str(copy_of_finished)
+  # As written before checkpoints recorded digests.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "24", "digest"))
+  assert_same_variables(train.load_variables(finished), train.load_variables(workdir))
+  assert "records no digests" in caplog.text
 
 
 def test_no_readable_checkpoint_stops_with_a_message_and_touches_nothing(copy_of_finished):
@@ -250,6 +408,10 @@ def test_bad_command_lines_fail_with_one_clear_message(tmp_path, finished, exist
     (dict(eval_batch_size=0), "config.eval_batch_size=0 is invalid"),
     (dict(seed=-1), "config.seed=-1 is invalid"),
     (dict(learning_rate=-1.0), "config.learning_rate=-1.0 is invalid"),
+    (dict(learning_rate=float("inf")), "config.learning_rate=inf is invalid: must be a finite"),
+    (dict(weight_decay=float("nan")), "config.weight_decay=nan is invalid: must be a finite"),
+    (dict(schedule="piecewise", lr_boundaries=(10, 20), lr_factors=(0.1, float("inf"))),
+     "config.lr_factors=(0.1, inf) is invalid: must be a finite number"),
     (dict(momentum=1.5), "config.momentum=1.5 is invalid"),
     (dict(label_smoothing=1.0), "config.label_smoothing=1.0 is invalid"),
     (dict(num_devices=64), "config.num_devices=64 but only"),
@@ -274,6 +436,35 @@ def test_bad_configs_fail_with_one_clear_message(tmp_path, finished, existing_wo
   with pytest.raises((ValueError, OSError), match=re.escape(message)):
     train.train_and_evaluate(tiny_config(**overrides), str(workdir))
   assert snapshot(workdir) == before and workdir.exists() == existing_workdir
+
+
+def test_a_run_too_big_for_memory_names_the_fields_to_lower(tmp_path):
+  workdir = str(tmp_path / "run")
+  # 400 TB for one image: more than any address space, so the allocation fails at once.
+  result = run(workdir, "--config.image_size=10000000")
+  assert result.returncode == 1
+  assert "error: The run does not fit in the devices' memory (RESOURCE_EXHAUSTED" in result.stderr
+  assert "Lower config.batch_size (now 32), config.image_size (now 10000000)" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(lock_file(workdir))
+  assert not os.path.exists(os.path.join(workdir, "checkpoints")) or not checkpoint_steps(workdir)
+
+
+def test_a_rerun_with_a_changed_learning_rate_keeps_the_first_config_and_records_the_change(
+    copy_of_finished):
+  workdir = str(copy_of_finished)
+  with open(os.path.join(workdir, "config.json")) as f:
+    first = f.read()
+  rerun = run(workdir, "--config.num_train_steps=28", "--config.learning_rate=0.01")
+  assert rerun.returncode == 0, rerun.stderr
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert f.read() == first
+  assert os.listdir(os.path.join(workdir, "config_history")) == ["config_step24.json"]
+  with open(os.path.join(workdir, "config_history", "config_step24.json")) as f:
+    changed = json.load(f)
+  assert (changed["learning_rate"], changed["num_train_steps"]) == (0.01, 28)
+  assert "The config changed from step 24 on (learning_rate: 0.05 -> 0.01; num_train_steps: " \
+         "24 -> 28)" in rerun.stderr
 
 
 def test_an_unwritable_workdir_is_a_clear_error(tmp_path):

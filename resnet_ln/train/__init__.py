@@ -24,6 +24,7 @@ _EXPORTS = {
     "train_and_evaluate": "trainer",
     "ConfigError": "validation",
     "validate_config": "validation",
+    "WorkdirLockedError": "workdir",
 }
 
 __all__ = sorted(_EXPORTS)

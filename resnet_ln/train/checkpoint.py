@@ -1,9 +1,11 @@
 """Orbax checkpoints of the train state in `workdir/checkpoints`.
 
 Each checkpoint holds the state (NumPy arrays: one replica, identical on every
-process) and a small JSON record of the config fields that fix the state's
-shapes and the data order, so that resuming with a different model or batch
-size fails with a message instead of a traceback from deep inside Orbax.
+process), a small JSON record of the config fields that fix the state's shapes
+and the data order, so that resuming with a different model or batch size fails
+with a message instead of a traceback from deep inside Orbax, and the SHA-256 of
+each array, checked on every restore, so that a checkpoint whose bytes changed
+after the save (a bad disk, a partial copy) is never used.
 Orbax writes into a temporary directory (`STEP.orbax-checkpoint-tmp`) and
 renames it when complete, so a checkpoint is never half-written: a save that
 is killed leaves only a temporary directory, which restoring ignores and the
@@ -34,6 +36,8 @@ IDENTITY_FIELDS = ("model", "model_kwargs", "dataset", "image_size", "seq_len", 
                    "optimizer", "seed", "init_from", "init_exclude", "freeze")
 # Errors of a write that found no room: a full disk, a quota, a file-size limit.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# The checkpoint item that holds the state's `array_digests` (absent before they were recorded).
+DIGEST_ITEM = "digest"
 
 
 class CheckpointError(RuntimeError):
@@ -65,14 +69,47 @@ def is_out_of_space(error: BaseException) -> bool:
   return False
 
 
-def fingerprint(tree: Any) -> str:
-  """A short hash of the arrays in `tree` (dtypes, shapes and bytes): equal iff bitwise equal."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(tree):
-    leaf = np.ascontiguousarray(leaf)
-    digest.update(f"{leaf.dtype}{leaf.shape}".encode())
-    digest.update(leaf.tobytes())
-  return digest.hexdigest()[:16]
+def array_digests(tree: Any) -> dict[str, str]:
+  """The SHA-256 of each array in `tree` (dtype, shape and bytes), by path ("params/head/kernel").
+
+  Paths name dataclass fields, dict keys and sequence indices alike, so a state
+  restored as nested dicts (without a target) has the digests of the TrainState
+  it was saved from. About 0.1 s per 200 MB (ResNet-50's parameters and momentum)
+  on a CPU core with SHA extensions.
+  """
+  digests = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaf = np.asarray(leaf)
+    digest = hashlib.sha256(f"{leaf.dtype}{leaf.shape}".encode())
+    digest.update(np.ascontiguousarray(leaf).reshape(-1).view(np.uint8))
+    digests["/".join(str(_key_name(key)) for key in path)] = digest.hexdigest()
+  return digests
+
+
+def _key_name(key: Any) -> Any:
+  for attribute in ("name", "key", "idx"):  # GetAttrKey, DictKey, SequenceKey.
+    if hasattr(key, attribute):
+      return getattr(key, attribute)
+  return key
+
+
+def fingerprint(digests: dict[str, str]) -> str:
+  """A short hash of a tree's `array_digests`: equal iff the trees are bitwise equal."""
+  return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def verify(recorded: dict[str, str], tree: Any, path: str) -> None:
+  """Raises CheckpointError unless `tree`'s arrays have the digests recorded at the save."""
+  found = array_digests(tree)
+  changed = sorted(name for name in recorded.keys() | found.keys()
+                   if recorded.get(name) != found.get(name))
+  if changed:
+    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    raise CheckpointError(
+        f"Checkpoint {path} is damaged: {len(changed)} of its arrays ({shown}) differ from the "
+        "SHA-256 digests recorded when it was saved, so its files changed afterwards (a bad "
+        "disk, an incomplete copy or sync)."
+    )
 
 
 class Checkpointer:
@@ -98,7 +135,8 @@ class Checkpointer:
       CheckpointError: the previous save failed (e.g. the disk is full), or the
         processes of a multi-process run hold different states.
     """
-    state_fingerprint = fingerprint(host_state)
+    digests = array_digests(host_state)
+    state_fingerprint = fingerprint(digests)
     logging.info("Saving checkpoint %s (state fingerprint %s).", self._path(step),
                  state_fingerprint)
     _check_processes_agree(state_fingerprint, step)
@@ -106,9 +144,11 @@ class Checkpointer:
     with self._reporting_failed_saves(step if self._saving is None else self._saving):
       self.manager.save(
           step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardSave(host_state), identity=ocp.args.JsonSave(identity(config))
-          ),
+          args=ocp.args.Composite(**{
+              "state": ocp.args.StandardSave(host_state),
+              "identity": ocp.args.JsonSave(identity(config)),
+              DIGEST_ITEM: ocp.args.JsonSave({"sha256": digests}),
+          }),
           force=True,
       )
     self._saving = step
@@ -116,8 +156,9 @@ class Checkpointer:
   def restore(self, target: Any, config: "ml_collections.ConfigDict") -> tuple[Any, int] | None:
     """The newest readable checkpoint's state, shaped like `target`, and its step.
 
-    Returns None when there is no checkpoint. A checkpoint that cannot be read is
-    reported and skipped (the next older one is tried); nothing is deleted.
+    Returns None when there is no checkpoint. A checkpoint that cannot be read,
+    or whose arrays differ from the digests recorded at its save, is reported and
+    skipped (the next older one is tried); nothing is deleted.
 
     Raises:
       CheckpointError: the checkpoints were written with a different config, or
@@ -139,9 +180,7 @@ class Checkpointer:
         continue
       self._check_identity(saved_identity, config, step)
       try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        ).state
+        restored = _restore_state(self.manager, self._path(step), step, target)
       except Exception as e:
         logging.error("Checkpoint %s is unreadable (%s: %s); trying an older one.",
                       self._path(step), type(e).__name__, e)
@@ -255,6 +294,26 @@ def _check_processes_agree(state_fingerprint: str, step: int) -> None:
     )
 
 
+def _restore_state(manager: ocp.CheckpointManager, path: str, step: int,
+                   target: Any = None) -> Any:
+  """The state of checkpoint `path` (step `step`), shaped like `target` if given, verified.
+
+  Raises:
+    CheckpointError: its arrays differ from the digests recorded at its save.
+  """
+  items = {"state": ocp.args.StandardRestore(target)}
+  has_digests = os.path.isdir(os.path.join(path, DIGEST_ITEM))
+  if has_digests:
+    items[DIGEST_ITEM] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if has_digests:
+    verify(restored[DIGEST_ITEM]["sha256"], restored.state, path)
+  else:
+    logging.warning("Checkpoint %s records no digests (it predates them), so its integrity "
+                    "cannot be checked; restoring it as it is.", path)
+  return restored.state
+
+
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
   """The model variables (`params`, `batch_stats`) of a run's checkpoint, for inference.
 
@@ -264,6 +323,9 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` (NumPy arrays), ready for `model.apply`.
+
+  Raises:
+    CheckpointError: the checkpoint's arrays differ from the digests recorded at its save.
   """
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
@@ -271,7 +333,7 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {directory}: train first, or check --workdir.")
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    state = _restore_state(manager, os.path.join(directory, str(step)), step)
   finally:
     manager.close()
   variables = {"params": state["params"]}

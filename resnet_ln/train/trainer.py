@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import time
-import types
 from typing import Any, Callable
 
 import flax
@@ -31,12 +30,15 @@ from resnet_ln.train import build
 from resnet_ln.train import checkpoint as checkpoint_lib
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
+from resnet_ln.train import signals
 from resnet_ln.train import steps
+from resnet_ln.train import warm_start
+from resnet_ln.train import workdir as workdir_lib
 from resnet_ln.train.metrics import MetricWriter, Stopwatch, TrainWindow
 from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import Task, get_task
-from resnet_ln.train import warm_start
-from resnet_ln.train.validation import ConfigError, model_error, validate_config
+from resnet_ln.train.validation import (ConfigError, model_error, naming_memory_limits,
+                                       validate_config)
 
 
 DATASET_FILE = "dataset.json"
@@ -145,25 +147,22 @@ def evaluate(eval_step_fn: Callable, state: TrainState, config: ml_collections.C
   return task.summarize(totals)
 
 
-class _Preemption:
-  """Remembers a SIGTERM so that the loop can checkpoint and exit cleanly."""
-
-  def __init__(self) -> None:
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
-    self.requested = True
+class _Preemption(signals.StopSignals):
+  """SIGTERM and SIGINT: stop start-up at once; in the loop, checkpoint and exit cleanly."""
 
   def agreed(self) -> bool:
-    """Whether any process was asked to stop (a collective in multi-process runs)."""
-    if jax.process_count() == 1:
-      return self.requested
-    return bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
+    """Whether any process was asked to stop (a collective in multi-process runs).
 
-  def restore(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    A process told by another sets `received` to, e.g., "SIGTERM to process 1".
+    """
+    if jax.process_count() == 1:
+      return self.received is not None
+    mine = signal.Signals.__members__.get(self.received or "", 0)  # 0: none.
+    signums = multihost_utils.process_allgather(np.int32(mine))
+    if self.received is None and signums.any():
+      process = int(np.flatnonzero(signums)[0])
+      self.received = f"{signal.Signals(int(signums[process])).name} to process {process}"
+    return bool(signums.any())
 
 
 class _ProfileWindow:
@@ -216,103 +215,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # --- State: fresh, or the newest readable checkpoint. ---
   check_workdir(workdir)
-  host_state = build.initial_state(config, model, info, tx)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.max_to_keep)
-  restored = checkpointer.restore(host_state, config)
-  if restored:
-    host_state, start_step = restored
-    logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
-  else:
-    start_step = 0
-    if config.init_from:
-      host_state = warm_start.load_initial_weights(config, model, host_state)
-  batch_stats_mask = _batch_stats_mask(config, host_state.batch_stats)
-  state = parallel.put_state(host_state)
-  del host_state
-  logging.info("Model %s: %s parameters; %d devices (%s), %d train steps of %d examples.",
-               config.model, f"{parallel.num_params(state.params):,}", parallel.num_devices,
-               parallel.name, num_train_steps, config.batch_size)
+  # One run per workdir; SIGTERM and SIGINT stop it cleanly at any moment.
+  with _Preemption() as preemption, workdir_lib.WorkdirLock(workdir), \
+      naming_memory_limits(config):
+    host_state = build.initial_state(config, model, info, tx)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, config.max_to_keep)
+    restored = checkpointer.restore(host_state, config)
+    if restored:
+      host_state, start_step = restored
+      logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
+    else:
+      start_step = 0
+      if config.init_from:
+        host_state = warm_start.load_initial_weights(config, model, host_state)
+    batch_stats_mask = _batch_stats_mask(config, host_state.batch_stats)
+    state = parallel.put_state(host_state)
+    del host_state
+    logging.info("Model %s: %s parameters; %d devices (%s), %d train steps of %d examples.",
+                 config.model, f"{parallel.num_params(state.params):,}", parallel.num_devices,
+                 parallel.name, num_train_steps, config.batch_size)
 
-  writer = MetricWriter(workdir)
-  if writer.is_primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    # What tools need to use the run without its data: shapes, classes, normalisation.
-    with open(os.path.join(workdir, DATASET_FILE), "w") as f:
-      json.dump(dataset_record(info), f, indent=2)
+    writer = MetricWriter(workdir)
+    if writer.is_primary:
+      workdir_lib.record_config(workdir, config, start_step)
+      # What tools need to use the run without its data: shapes, classes, normalisation.
+      with open(os.path.join(workdir, DATASET_FILE), "w") as f:
+        json.dump(dataset_record(info), f, indent=2)
 
-  dynamic_loss_scale = config.dtype == "float16"
-  # The step drops the update of a non-finite gradient when asked to, and
-  # float16's loss scaling does so (halving the scale) on every overflow;
-  # otherwise a non-finite step stops the run.
-  nonfinite_is_error = not (config.skip_nonfinite or dynamic_loss_scale)
-  train_step_fn = parallel.train_fn(functools.partial(
-      steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
-      dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite,
-      batch_stats_mask=batch_stats_mask))
-  eval_step_fn = parallel.eval_fn(functools.partial(
-      steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
-  train_batches = parallel.prefetch(data.create_train_iterator(config, start_step=start_step))
+    dynamic_loss_scale = config.dtype == "float16"
+    # The step drops the update of a non-finite gradient when asked to, and
+    # float16's loss scaling does so (halving the scale) on every overflow;
+    # otherwise a non-finite step stops the run.
+    nonfinite_is_error = not (config.skip_nonfinite or dynamic_loss_scale)
+    train_step_fn = parallel.train_fn(functools.partial(
+        steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
+        dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite,
+        batch_stats_mask=batch_stats_mask))
+    eval_step_fn = parallel.eval_fn(functools.partial(
+        steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
+    train_batches = parallel.prefetch(data.create_train_iterator(config, start_step=start_step))
 
-  # --- Step, log, evaluate, checkpoint. ---
-  preemption = _Preemption()
-  profile = _ProfileWindow(config.profile_steps, os.path.join(workdir, "profile"))
-  pending = []  # Device metrics since the last fetch: no host sync per step.
-  window = TrainWindow()
-  eval_metrics = {}
-  step = start_step
-  preempted = False
-  stopwatch.seconds["setup"] = time.perf_counter() - stopwatch.start
-  try:
-    while step < num_train_steps:
-      with stopwatch("waiting_for_input"):
-        start = time.perf_counter()
-        batch = next(train_batches)
-        window.input_seconds += time.perf_counter() - start
-      if step == start_step:
-        # Compiled ahead of time, so that compiling is timed on its own (and a
-        # rerun finds it in the persistent compilation cache).
-        with stopwatch("compiling"):
-          train_step_fn = train_step_fn.lower(state, batch).compile()
-      profile.before_step(step)
-      state, metrics = train_step_fn(state, batch)
-      pending.append(metrics)
-      step += 1
-      profile.after_step(step, state)
-      is_last = step == num_train_steps
-      preempted = (jax.process_count() == 1 or step % config.log_every_steps == 0) and \
-          preemption.agreed()
-      should_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
-      if step % config.log_every_steps == 0 or is_last or should_save:
-        _fetch(pending, window, parallel, step, nonfinite_is_error, checkpointer)
-        pending = []
-      if step % config.log_every_steps == 0 or is_last:
-        _log_train(writer, window, step, num_train_steps, schedule, config,
-                   parallel.num_devices, task)
-      if should_save:
-        with stopwatch("checkpointing"):
-          checkpointer.save(step, parallel.get_state(state), config)
-      if preempted:
-        logging.warning("Stopping at step %d after SIGTERM; rerun the command to resume.", step)
-        break
-      if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
+    # --- Step, log, evaluate, checkpoint. ---
+    preemption.start_training()
+    profile = _ProfileWindow(config.profile_steps, os.path.join(workdir, "profile"))
+    pending = []  # Device metrics since the last fetch: no host sync per step.
+    window = TrainWindow()
+    eval_metrics = {}
+    step = start_step
+    preempted = False
+    stopwatch.seconds["setup"] = time.perf_counter() - stopwatch.start
+    try:
+      while step < num_train_steps:
+        with stopwatch("waiting_for_input"):
+          start = time.perf_counter()
+          batch = next(train_batches)
+          window.input_seconds += time.perf_counter() - start
+        if step == start_step:
+          # Compiled ahead of time, so that compiling is timed on its own (and a
+          # rerun finds it in the persistent compilation cache).
+          with stopwatch("compiling"):
+            train_step_fn = train_step_fn.lower(state, batch).compile()
+        profile.before_step(step)
+        state, metrics = train_step_fn(state, batch)
+        pending.append(metrics)
+        step += 1
+        profile.after_step(step, state)
+        is_last = step == num_train_steps
+        preempted = (jax.process_count() == 1 or step % config.log_every_steps == 0) and \
+            preemption.agreed()
+        should_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
+        if step % config.log_every_steps == 0 or is_last or should_save:
+          _fetch(pending, window, parallel, step, nonfinite_is_error, checkpointer)
+          pending = []
+        if step % config.log_every_steps == 0 or is_last:
+          _log_train(writer, window, step, num_train_steps, schedule, config,
+                     parallel.num_devices, task)
+        if should_save:
+          with stopwatch("checkpointing"):
+            checkpointer.save(step, parallel.get_state(state), config)
+        if preempted:
+          logging.warning("Stopping at step %d after %s; rerun the command to resume.", step,
+                          preemption.received)
+          break
+        if config.eval_every_steps and step % config.eval_every_steps == 0 and not is_last:
+          with stopwatch("evaluating"):
+            eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
+          writer.write(step, "eval", eval_metrics)
+      if step == num_train_steps and not preempted:
+        # The final eval, here rather than in the loop so that a rerun of a
+        # finished run (or of one stopped before this eval) evaluates it too.
         with stopwatch("evaluating"):
           eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
         writer.write(step, "eval", eval_metrics)
-    if step == num_train_steps and not preempted:
-      # The final eval, here rather than in the loop so that a rerun of a
-      # finished run (or of one stopped before this eval) evaluates it too.
-      with stopwatch("evaluating"):
-        eval_metrics = evaluate(eval_step_fn, state, config, parallel, task)
-      writer.write(step, "eval", eval_metrics)
-    with stopwatch("checkpointing"):
-      checkpointer.wait()
-    writer.write(step, "time", stopwatch.summary())
-  finally:
-    profile.stop()
-    preemption.restore()
-    writer.close()
-    checkpointer.close()  # Waits for the last save, and raises if it failed.
+      with stopwatch("checkpointing"):
+        checkpointer.wait()
+      writer.write(step, "time", stopwatch.summary())
+    finally:
+      profile.stop()
+      writer.close()
+      checkpointer.close()  # Waits for the last save, and raises if it failed.
   return {"step": step, **eval_metrics}
 
 

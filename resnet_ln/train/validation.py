@@ -1,12 +1,15 @@
-"""Config checks that run before anything is built or compiled.
+"""Config checks that run before anything is built or compiled, and the memory they cannot check.
 
 Each failure is one `ConfigError` naming the field, its value and what is allowed.
 """
 
+import contextlib
+import math
 import os
 import re
-from typing import Any
+from typing import Any, Iterator
 
+import jax
 import ml_collections
 
 from resnet_ln.data.pipeline import MAX_SEED
@@ -34,8 +37,20 @@ def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_finite(config: ml_collections.ConfigDict, prefix: str = "config") -> None:
+  """Refuses inf and NaN in every float field, nested configs and sequences included."""
+  for name, value in config.items():
+    field = f"{prefix}.{name}"
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_finite(value, field)
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      raise ConfigError(f"{field}={value!r} is invalid: must be a finite number.")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first invalid field of a training config."""
+  _check_finite(config)
   _require(bool(config.dataset), "dataset", config.dataset,
            "set --config.dataset (image_folder:PATH, text_files:GLOB, digits, or a TFDS name)")
   try:
@@ -89,3 +104,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(len(bounds) == 2 and all(b.isdigit() for b in bounds)
            and int(bounds[0]) < int(bounds[1]), "profile_steps", profile,
            "expected 'START:STOP' with 0 <= START < STOP (steps), or '' for no profile")
+
+
+@contextlib.contextmanager
+def naming_memory_limits(config: ml_collections.ConfigDict) -> Iterator[None]:
+  """Turns XLA's out-of-memory errors into a ConfigError that names the fields to lower.
+
+  What fits depends on the devices, so it cannot be checked beforehand: an
+  allocation fails when the state is built or a step first runs.
+  """
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+      raise
+    reason = str(e).strip().splitlines()[0]
+    raise ConfigError(
+        f"The run does not fit in the devices' memory ({reason}). Lower config.batch_size "
+        f"(now {config.batch_size}), config.image_size (now {config.image_size}) or "
+        f"config.seq_len (now {config.seq_len}), or choose a smaller model "
+        f"(config.model={config.model!r}, config.model_kwargs). Existing checkpoints are "
+        "untouched."
+    ) from e
