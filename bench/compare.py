@@ -406,6 +406,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
   parser.add_argument("--dtype", choices=("auto", *sorted(build.DTYPES)), default="auto",
                       help="auto: float32 on CPU, bfloat16 on accelerators")
+  parser.add_argument("--model", default="",
+                      help="another ResNet for the image workloads (e.g. cifar_resnet8 for a "
+                           "quick check); default: each workload's own")
   parser.add_argument("--batch-size", type=int, default=0, help="0: each workload's own")
   parser.add_argument("--image-size", type=int, default=0, help="0: each workload's own")
   parser.add_argument("--seq-len", type=int, default=128)
@@ -441,6 +444,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def workload_of(name: str, args: argparse.Namespace) -> Workload:
   """The `bench.workloads` workload of a compare workload name at the sizes `args` ask for."""
   spec = WORKLOADS[name]
+  if args.model and spec.model != "char_lm":
+    spec = dataclasses.replace(spec, model=args.model)
   options = Options(model=spec.model, batch_size=args.batch_size or spec.batch_size,
                     image_size=args.image_size or spec.image_size, seq_len=args.seq_len,
                     embed_dim=args.embed_dim, features=args.features,
@@ -450,7 +455,9 @@ def workload_of(name: str, args: argparse.Namespace) -> Workload:
 
 def command(name: str, workload: Workload, args: argparse.Namespace) -> str:
   """The command line that reruns this one workload, every size spelled out."""
-  flags = ["--workloads", name, "--rounds", args.rounds, "--steps", args.steps,
+  flags = ["--workloads", name] + (["--model", workload.model] if args.model and
+                                    workload.seq_len is None else [])
+  flags += ["--rounds", args.rounds, "--steps", args.steps,
            "--warmup", args.warmup, "--dtype", args.dtype, "--batch-size", workload.batch_size]
   if workload.seq_len is None:
     flags += ["--image-size", workload.info.example_shape[0]]
