@@ -244,8 +244,6 @@ def torch_steps(workload: Workload, dtype: str, seed: int, compile_model: bool =
 def contenders(workload: Workload, dtype: str, parallelism: str, seed: int,
                torch_compile: str) -> list[Contender]:
   """Every implementation of `workload` to time on this device (some recorded as skipped)."""
-  import torch  # pylint: disable=g-import-not-at-top
-
   gpu = torch_device().type == "cuda"
   on = "bfloat16 autocast, " if dtype in TORCH_AUTOCAST else ""
   where = "cuda" if gpu else "cpu"
@@ -326,7 +324,7 @@ def summarize(result: dict[str, Any]) -> None:
       ratios[name][phase] = statistics.median(per_round) if per_round else None
       ratios[name][f"{phase}_per_round"] = per_round
   result["ratios"] = ratios
-  result["ratio_note"] = ("resnet_ln's step time / the other's, per round (the same round ran "
+  result["details"]["ratio_note"] = ("resnet_ln's step time / the other's, per round (the same round ran "
                           "both under the same load), median over rounds: < 1 means resnet_ln "
                           "is faster")
   fmt = lambda v, f: "-" if v is None else format(v, f)
@@ -368,6 +366,7 @@ def run_rounds(result: dict[str, Any], candidates: list[Contender], rounds: int,
     entry["setup_s"] = time.perf_counter() - start
     entry["status"] = "ok"
     runners[c.name] = {"train": train, "eval": evaluate}
+    save()  # A slow build (torch.compile) killed by a timeout keeps the ones before it.
   save()
   for r in range(rounds):
     names = list(runners)
@@ -501,6 +500,7 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
       "host_cpu": host.cpu_model(),
       "host_cpu_count": os.cpu_count(),
       "host_load_avg_1m": host.load_average(),
+      "host_load_avg_1m_end": None,
       "dtype": args.dtype,
       "batch_size": workload.batch_size,
       "input": describe(workload),
@@ -513,17 +513,20 @@ def compare(name: str, args: argparse.Namespace) -> dict[str, Any]:
       "torch_version": torch.__version__,
       "git_commit": host.git_commit(),
       "command": command(name, workload, args),
-      # Not tabled: details.
-      "model": workload.model,
-      "model_kwargs": workload.model_kwargs,
-      "optimizer": workload.optimizer,
-      "warmup_steps": args.warmup,
-      "torch_threads": torch.get_num_threads(),
-      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-      "python_version": platform.python_version(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "host_load_avg_1m_rounds": [],
       "rounds_done": 0,
+      # Below: not scalars, so `bench.report` leaves them out of its table.
+      "details": {
+          "model": workload.model,
+          "model_kwargs": workload.model_kwargs,
+          "optimizer": workload.optimizer,
+          "warmup_steps": args.warmup,
+          "torch_threads": torch.get_num_threads(),
+          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+          "python_version": platform.python_version(),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+      },
+      "host_load_avg_1m_rounds": [],
       "contenders": {},
   }
   stamp = re.sub(r"[-:]", "", date)[:15]
@@ -574,6 +577,9 @@ def print_workload(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  # Both frameworks share the accelerator: JAX must not take 75% of its memory up front.
+  # Set before parse_args initialises JAX's backends; recorded in the JSON.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   args = parse_args(argv)
   if jax.default_backend() == "cpu":
     # PyTorch's OpenMP threads spin at every barrier by default; on a CPU that

@@ -4,21 +4,27 @@
 #   bash bench/gpu.sh OUTDIR          # from the repository root; about 8 minutes at most
 #
 # Writes into OUTDIR one folder per step (its JSON results and log.txt) and
-# OUTDIR/log.txt (everything), and prints a summary table last. Steps, most
-# important first; each runs under `timeout`, capped by what is left of the
+# OUTDIR/log.txt (everything), and prints a summary table last. Steps, in this
+# order (the slowest to compile last); each runs under `timeout`, capped by what is left of the
 # 8-minute budget, so one hang cannot eat it (a step with too little time left is
 # skipped and says so):
 #
-#   resnet50_pmap        ResNet-50, 224x224, batch 256, bfloat16, the trainer's pmap step
-#   resnet50_shard_map   the same under shard_map
-#   char_lm              char LM 2 x 1024, batch 256, 128 steps, LN and plain, float32,
-#                        each beside JAX's cuDNN LSTM (jax.experimental.rnn)
-#   compare_resnet50     bench.compare: resnet_ln vs PyTorch (bf16 autocast, channels_last,
-#                        eager and torch.compile) at batch 128
-#   compare_char_lm      bench.compare: LSTM and LN-LSTM char LMs 2 x 1024, batch 256,
-#                        vs flax's LSTM, both cuDNN LSTMs and a TorchScript LN-LSTM
-#   xla_no_command_buffer  resnet50_pmap's train step with XLA_FLAGS=--xla_gpu_enable_command_buffer=
-#   xla_conv_nhwc          resnet50_pmap's train step with XLA_FLAGS=--xla_gpu_force_conv_nhwc=true
+#   resnet50_pmap          ResNet-50, 224x224, batch 256, bfloat16, the trainer's pmap step
+#   resnet50_shard_map     the same under shard_map
+#   xla_no_command_buffer  resnet50_pmap's train step, XLA_FLAGS=--xla_gpu_enable_command_buffer=
+#                          (no CUDA-graph command buffers)
+#   xla_conv_nhwc          resnet50_pmap's train step, XLA_FLAGS=--xla_gpu_force_conv_nhwc=true
+#                          (cuDNN convolutions always in NHWC)
+#   char_lm                char LM 2 x 1024, batch 256, 128 steps, LN and plain, float32,
+#                          each beside JAX's cuDNN LSTM (jax.experimental.rnn)
+#   compare_resnet50       bench.compare: resnet_ln vs PyTorch eager (bfloat16 autocast,
+#                          channels_last) at batch 128
+#   compare_char_lm        bench.compare: LSTM and LN-LSTM char LMs 2 x 1024, batch 256, vs
+#                          flax's LSTM, both cuDNN LSTMs and a TorchScript LN-LSTM
+#   compare_torch_compile  bench.compare: resnet50 batch 128 under torch.compile
+#
+# Whatever the budget cut is listed as skipped; rerun those steps alone with
+# RESNET_LN_GPU_SH_ONLY=name,name into another OUTDIR.
 #
 # Then copy OUTDIR/*/*.json into bench/results/ and run `python -m bench.report`.
 #
@@ -30,7 +36,7 @@
 # Environment: PYTHON (default python3); RESNET_LN_GPU_SH_TINY=1 shrinks every
 # size and step count (the test suite runs it so on a CPU); RESNET_LN_GPU_SH_ONLY
 # (comma-separated step names) runs only those; RESNET_LN_GPU_SH_BUDGET_S
-# (default 470) is the budget in seconds.
+# (default 460) is the budget in seconds.
 set -u -o pipefail
 
 # The version in the development venv; tests/test_gpu_script.py keeps them equal.
@@ -45,7 +51,7 @@ PYTHON=${PYTHON:-python3}
 WHEELS=${RESNET_LN_WHEELS:-.whl}
 TINY=${RESNET_LN_GPU_SH_TINY:-0}
 ONLY=${RESNET_LN_GPU_SH_ONLY:-}
-BUDGET=${RESNET_LN_GPU_SH_BUDGET_S:-470}
+BUDGET=${RESNET_LN_GPU_SH_BUDGET_S:-460}
 if [[ ! -f bench/gpu.sh ]]; then
   echo "bench/gpu.sh: run it from the repository root." >&2
   exit 2
@@ -86,6 +92,7 @@ if [[ $TINY == 1 ]]; then
   CMP=(--rounds 1 --steps 1 --warmup 1)
   CMP_R50=(--workloads resnet50 --model cifar_resnet8 --batch-size 2 --image-size 8)
   CMP_LM=(--batch-size 2 --seq-len 4 --embed-dim 4 --features 8 --num-layers 2)
+  TORCH_COMPILE=auto  # On a CPU: recorded as skipped (inductor would need minutes).
 else
   R50=(--model resnet50 --image-size 224 --batch-size 256 --steps 20 --windows 3 --warmup 3)
   LM=(--features 1024 --num-layers 2 --batch-size 256 --seq-len 128 --steps 10 --windows 3
@@ -93,6 +100,7 @@ else
   CMP=(--rounds 3 --steps 10 --warmup 3)
   CMP_R50=(--workloads resnet50 --batch-size 128)
   CMP_LM=(--batch-size 256 --features 1024 --num-layers 2)
+  TORCH_COMPILE=on
 fi
 
 # --- steps --------------------------------------------------------------------------
@@ -136,15 +144,19 @@ COMPARE=("$PYTHON" -m bench.compare)
 step resnet50_pmap 100 1 -- "${THROUGHPUT[@]}" "${R50[@]}" --dtype bfloat16 --parallelism pmap
 step resnet50_shard_map 90 1 -- "${THROUGHPUT[@]}" "${R50[@]}" --dtype bfloat16 \
   --parallelism shard_map
+step xla_no_command_buffer 60 1 "XLA_FLAGS=${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" -- \
+  "${THROUGHPUT[@]}" "${R50[@]}" --dtype bfloat16 --parallelism pmap --no-eval
+step xla_conv_nhwc 60 1 "XLA_FLAGS=${XLA_FLAGS:-} --xla_gpu_force_conv_nhwc=true" -- \
+  "${THROUGHPUT[@]}" "${R50[@]}" --dtype bfloat16 --parallelism pmap --no-eval
 step char_lm 110 2 -- "${THROUGHPUT[@]}" --model char_lm --layer-norm both "${LM[@]}" \
   --dtype float32
-step compare_resnet50 120 1 -- "${COMPARE[@]}" "${CMP_R50[@]}" "${CMP[@]}"
-step compare_char_lm 100 2 -- "${COMPARE[@]}" --workloads char_lm_lstm,char_lm_lnlstm \
-  "${CMP_LM[@]}" "${CMP[@]}"
-step xla_no_command_buffer 70 1 "XLA_FLAGS=${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" -- \
-  "${THROUGHPUT[@]}" "${R50[@]}" --dtype bfloat16 --parallelism pmap --no-eval
-step xla_conv_nhwc 70 1 "XLA_FLAGS=${XLA_FLAGS:-} --xla_gpu_force_conv_nhwc=true" -- \
-  "${THROUGHPUT[@]}" "${R50[@]}" --dtype bfloat16 --parallelism pmap --no-eval
+step compare_resnet50 90 1 -- "${COMPARE[@]}" "${CMP_R50[@]}" "${CMP[@]}" --torch-compile off
+step compare_char_lm 120 2 -- "${COMPARE[@]}" --workloads char_lm_lstm,char_lm_lnlstm \
+  "${CMP_LM[@]}" "${CMP[@]}" --torch-compile off
+# Last: torch.compile's first compilation is the slowest step (resnet_ln runs beside it
+# for the ratio).
+step compare_torch_compile 150 1 -- "${COMPARE[@]}" "${CMP_R50[@]}" "${CMP[@]}" \
+  --only torch_compile --torch-compile "$TORCH_COMPILE"
 
 # --- summary ------------------------------------------------------------------------
 STEPS_FILE=$OUT/steps.tsv

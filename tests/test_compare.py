@@ -107,7 +107,7 @@ def test_compare_times_both_frameworks_in_every_round_and_records_ratios(tmp_pat
     assert result["ours_over_theirs_train"].startswith(other)
     assert result["failed"] is None
     assert "--model cifar_resnet8" in result["command"] or name != "cifar_resnet20"
-  assert results["cifar_resnet20"]["model"] == "cifar_resnet8"
+  assert results["cifar_resnet20"]["details"]["model"] == "cifar_resnet8"
   # Not available on a CPU: recorded as skipped, with the reason.
   assert results["char_lm_lnlstm"]["contenders"]["jax_cudnn"]["status"] == "skipped"
   assert results["cifar_resnet20"]["contenders"]["torch_compile"]["status"] == "skipped"

@@ -18,8 +18,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu.sh"
 # Step name -> JSON files it promises, in the script's order.
-STEPS = {"resnet50_pmap": 1, "resnet50_shard_map": 1, "char_lm": 2, "compare_resnet50": 1,
-         "compare_char_lm": 2, "xla_no_command_buffer": 1, "xla_conv_nhwc": 1}
+STEPS = {"resnet50_pmap": 1, "resnet50_shard_map": 1, "xla_no_command_buffer": 1,
+         "xla_conv_nhwc": 1, "char_lm": 2, "compare_resnet50": 1, "compare_char_lm": 2,
+         "compare_torch_compile": 1}
 
 
 def _env(**extra):
