@@ -192,6 +192,9 @@ def torch_steps(workload: Workload, dtype: str, seed: int, compile_model: bool =
   from bench import torch_reference  # pylint: disable=g-import-not-at-top
 
   device = torch_device()
+  if device.type == "cuda":
+    # cuDNN picks its convolution algorithms by timing them, as XLA's autotuner does.
+    torch.backends.cudnn.benchmark = True
   torch.manual_seed(seed)
   info = workload.info
   if workload.seq_len is None:
@@ -209,7 +212,7 @@ def torch_steps(workload: Workload, dtype: str, seed: int, compile_model: bool =
   train_step, eval_step = torch_reference.make_steps(
       model, opt, workload.optimizer.get("grad_clip_norm", 0.0), autocast, device)
 
-  generator = torch.Generator(device).manual_seed(seed + 1)
+  generator = torch.Generator(device=device).manual_seed(seed + 1)
   batches = []
   for _ in range(timing.NUM_BATCHES):
     if workload.seq_len is None:
