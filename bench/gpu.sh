@@ -31,13 +31,16 @@
 # Needs jax, flax, optax, torch (for the comparison) and ml_collections, which
 # configs/default.py imports: when it is not importable it is installed from the
 # wheel in .whl/ (the repository's ignored wheel folder; $RESNET_LN_WHEELS
-# overrides it) into /tmp/site.
+# overrides it) into /tmp/site ($RESNET_LN_GPU_SH_SITE overrides it).
 #
 # Environment: PYTHON (default python3); RESNET_LN_GPU_SH_TINY=1 shrinks every
 # size and step count (the test suite runs it so on a CPU); RESNET_LN_GPU_SH_ONLY
 # (comma-separated step names) runs only those; RESNET_LN_GPU_SH_BUDGET_S
 # (default 460) is the budget in seconds.
 set -u -o pipefail
+# One compound command: bash reads the whole script before it runs, so a checkout
+# that changes this file during a run does not change the run.
+{
 
 # The version in the development venv; tests/test_gpu_script.py keeps them equal.
 ML_COLLECTIONS_VERSION=1.1.0
@@ -52,6 +55,7 @@ WHEELS=${RESNET_LN_WHEELS:-.whl}
 TINY=${RESNET_LN_GPU_SH_TINY:-0}
 ONLY=${RESNET_LN_GPU_SH_ONLY:-}
 BUDGET=${RESNET_LN_GPU_SH_BUDGET_S:-460}
+SITE=${RESNET_LN_GPU_SH_SITE:-/tmp/site}
 if [[ ! -f bench/gpu.sh ]]; then
   echo "bench/gpu.sh: run it from the repository root." >&2
   exit 2
@@ -75,9 +79,9 @@ and bring the .whl/ folder along with the repository.
 EOF
     exit 1
   fi
-  "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/site "${wheels[0]}" || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  say "installed ${wheels[0]} into /tmp/site"
+  "$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" "${wheels[0]}" || exit 1
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  say "installed ${wheels[0]} into $SITE"
 fi
 
 # --- sizes ------------------------------------------------------------------------
@@ -226,3 +230,4 @@ for status in "${STATUS[@]}"; do
   [[ $status == ok ]] || exit 1
 done
 exit 0
+}

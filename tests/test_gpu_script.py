@@ -10,8 +10,10 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -73,6 +75,43 @@ def test_gpu_script_without_ml_collections_says_how_to_fetch_the_wheel(tmp_path)
   version = importlib.metadata.version("ml_collections")  # The development venv's.
   assert ("python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl "
           f"ml-collections=={version}") in run.stderr
+
+
+def _python_without_ml_collections():
+  """A system Python with pip and without ml_collections, as on the GPU machine's image."""
+  for candidate in ("/usr/bin/python3", shutil.which("python3")):
+    if not candidate or not os.path.exists(candidate):
+      continue
+    probe = subprocess.run([candidate, "-c", "import pip; import ml_collections"],
+                           capture_output=True, text=True)
+    if "ml_collections" in probe.stderr and "No module named 'pip'" not in probe.stderr:
+      return candidate
+  return None
+
+
+def test_gpu_script_installs_ml_collections_from_the_wheel_folder(tmp_path):
+  python = _python_without_ml_collections()
+  if python is None:
+    pytest.skip("no Python with pip and without ml_collections on this machine")
+  wheels = tmp_path / "wheels"
+  wheels.mkdir()
+  name = "ml_collections-1.1.0"
+  with zipfile.ZipFile(wheels / f"{name}-py3-none-any.whl", "w") as wheel:  # A stand-in.
+    wheel.writestr("ml_collections/__init__.py", "STAND_IN = True\n")
+    wheel.writestr(f"{name}.dist-info/METADATA",
+                   "Metadata-Version: 2.1\nName: ml_collections\nVersion: 1.1.0\n")
+    wheel.writestr(f"{name}.dist-info/WHEEL",
+                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                   "Tag: py3-none-any\n")
+    wheel.writestr(f"{name}.dist-info/RECORD", "")
+  site = tmp_path / "site"
+  env = _env(PYTHON=python, RESNET_LN_WHEELS=str(wheels), RESNET_LN_GPU_SH_SITE=str(site),
+             RESNET_LN_GPU_SH_ONLY="no_step")
+  run = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=120)
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert f"into {site}" in run.stdout and "== summary" in run.stdout
+  assert (site / "ml_collections" / "__init__.py").exists()
 
 
 def test_gpu_script_needs_an_output_folder():
