@@ -86,7 +86,7 @@ def test_layer_norm_false_gives_plain_lstm_baseline(name, kwargs, inputs):
   def lstm_params(layer_norm):
     model = get_model(name, features=4, layer_norm=layer_norm, **kwargs)
     shapes = jax.eval_shape(model.init, jax.random.key(0), inputs)["params"]
-    return shapes["LSTM_0"]["layer_0"]
+    return shapes["lstm"]["layer_0"]
 
   assert "cell_scale" in lstm_params(True) and "scale" in lstm_params(True)["input_proj"]
   plain = lstm_params(False)
@@ -104,9 +104,9 @@ LN_OPTIONS = dict(per_gate=True, normalize_carried_cell=True, epsilon=1e-2)
 def test_char_lm_passes_the_layer_norm_options_to_its_lstm():
   model = CharLM(vocab_size=11, embed_dim=4, features=8, **LN_OPTIONS)
   params = _random_params(model, TOKENS)
-  x = nn.Embed(11, 4).apply({"params": params["Embed_0"]}, TOKENS)
-  x, _ = LSTM(8, num_layers=2, **LN_OPTIONS).apply({"params": params["LSTM_0"]}, x)
-  expected = nn.Dense(11).apply({"params": params["Dense_0"]}, x)
+  x = nn.Embed(11, 4).apply({"params": params["embed"]}, TOKENS)
+  x, _ = LSTM(8, num_layers=2, **LN_OPTIONS).apply({"params": params["lstm"]}, x)
+  expected = nn.Dense(11).apply({"params": params["head"]}, x)
   logits = _apply(model)({"params": params}, TOKENS)
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
   default = CharLM(vocab_size=11, embed_dim=4, features=8)
@@ -116,8 +116,8 @@ def test_char_lm_passes_the_layer_norm_options_to_its_lstm():
 def test_classifier_passes_the_layer_norm_options_to_its_lstm():
   model = SequenceClassifier(num_classes=3, features=8, **LN_OPTIONS)
   params = _random_params(model, SEQUENCES)
-  _, carries = LSTM(8, **LN_OPTIONS).apply({"params": params["LSTM_0"]}, SEQUENCES)
-  expected = nn.Dense(3).apply({"params": params["Dense_0"]}, carries[-1][1])
+  _, carries = LSTM(8, **LN_OPTIONS).apply({"params": params["lstm"]}, SEQUENCES)
+  expected = nn.Dense(3).apply({"params": params["head"]}, carries[-1][1])
   logits = _apply(model)({"params": params}, SEQUENCES)
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
   default = SequenceClassifier(num_classes=3, features=8)
@@ -151,7 +151,7 @@ def test_bidirectional_bfloat16_classifier_needs_no_dropout_rng_at_eval():
       dtype=jnp.bfloat16,
   )
   params = _init(model)(jax.random.key(1), SEQUENCES)["params"]
-  assert params["Dense_0"]["kernel"].shape == (16, 5)
+  assert params["head"]["kernel"].shape == (16, 5)
   logits = _apply(model)({"params": params}, SEQUENCES, jnp.array([6, 2, 4]))
   assert logits.shape == (3, 5) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))

@@ -3,9 +3,8 @@
 import dataclasses
 from typing import TYPE_CHECKING
 
-import ml_collections
-
-if TYPE_CHECKING:  # TFDS, which synthetic data and `DatasetInfo` users never need.
+if TYPE_CHECKING:  # TFDS and ml_collections, which `DatasetInfo` users never need.
+  import ml_collections
   import tensorflow_datasets as tfds
 
 # Synthetic data sized like the real thing, so that steps per epoch and schedules
@@ -44,7 +43,7 @@ class DatasetInfo:
   label_names: tuple[str, ...] = ()
 
 
-def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+def get_dataset_info(config: "ml_collections.ConfigDict") -> DatasetInfo:
   """The `DatasetInfo` of `config.dataset`, preparing the dataset in data_dir if needed.
 
   Reads config.dataset, data_dir, image_size, seq_len, augment, num_classes
@@ -82,7 +81,7 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return info_from_builder(config, sources.load_builder(name, config.data_dir))
 
 
-def image_folder_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+def image_folder_info(config: "ml_collections.ConfigDict") -> DatasetInfo:
   """`get_dataset_info` for 'image_folder:PATH': lists (once per process) and checks it."""
   # pylint: disable=import-outside-toplevel
   from resnet_ln.data import folders, preprocess
@@ -99,7 +98,7 @@ def image_folder_info(config: ml_collections.ConfigDict) -> DatasetInfo:
                      label_names=train.class_names)
 
 
-def text_files_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+def text_files_info(config: "ml_collections.ConfigDict") -> DatasetInfo:
   """`get_dataset_info` for 'text_files:PATH_OR_GLOB': from the file sizes alone."""
   # pylint: disable=import-outside-toplevel
   from resnet_ln.data import text, text_files
@@ -119,7 +118,7 @@ def text_files_info(config: ml_collections.ConfigDict) -> DatasetInfo:
                      eval_split="eval")
 
 
-def info_from_builder(config: ml_collections.ConfigDict,
+def info_from_builder(config: "ml_collections.ConfigDict",
                       builder: "tfds.core.DatasetBuilder") -> DatasetInfo:
   """`get_dataset_info` for a prepared TFDS builder."""
   # Imported here, not at the top: they import TensorFlow, which synthetic data

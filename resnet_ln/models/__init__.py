@@ -1,5 +1,6 @@
 """Flax Linen models: ResNets and LayerNorm LSTMs. Depends on jax and flax only."""
 
+from resnet_ln.models.generate import generate
 from resnet_ln.models.lstm import LSTM
 from resnet_ln.models.lstm import LSTMCell
 from resnet_ln.models.lstm import LayerNormLSTMCell

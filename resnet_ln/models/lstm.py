@@ -450,8 +450,10 @@ class LSTM(nn.Module):
       seq_lengths: Array | None,
       backward: bool,
       train: bool,
+      initial_carry: Carry | None,
   ) -> tuple[Carry, Array]:
-    """One direction of one layer on time-major x [time, batch, in]."""
+    """One direction of one layer on time-major x [time, batch, in], from `initial_carry`
+    (zeros when None)."""
     if backward:
       x = _reverse_within_length(x, seq_lengths)
     input_gates = cell.input_gates(x)
@@ -460,18 +462,46 @@ class LSTM(nn.Module):
       keep = 1.0 - self.recurrent_dropout_rate
       mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[1], self.features))
       recurrent_mask = (mask / keep).astype(self.dtype)
-    carry, y = _scan_cell(
-        cell, cell.zero_carry(x.shape[1:2]), input_gates, valid, recurrent_mask, self.unroll
-    )
+    if initial_carry is None:
+      initial_carry = cell.zero_carry(x.shape[1:2])
+    carry, y = _scan_cell(cell, initial_carry, input_gates, valid, recurrent_mask, self.unroll)
     if backward:
       y = _reverse_within_length(y, seq_lengths)
     return carry, y
 
+  @nn.nowrap
+  def initial_carries(self, batch_size: int) -> tuple[Carry, ...]:
+    """Zero carries for `__call__(initial_carries=...)`: one (c, h) of [batch_size, features]
+    per layer, c in at least float32 and h in `dtype` (as `LSTMCell.zero_carry`).
+
+    Raises:
+      ValueError: the stack is bidirectional (its backward direction cannot be resumed).
+    """
+    self._check_resumable()
+    cell = LSTMCell(self.features, dtype=self.dtype, parent=None)
+    return tuple(cell.zero_carry((batch_size,)) for _ in range(self.num_layers))
+
+  @nn.nowrap
+  def _check_resumable(self) -> None:
+    if self.bidirectional:
+      raise ValueError(
+          "LSTM: a bidirectional stack cannot start from initial carries: its backward "
+          "direction reads each sequence from its end, so it cannot be run in chunks.")
+
   @nn.compact
   def __call__(
-      self, inputs: Array, seq_lengths: Array | None = None, train: bool = False
+      self,
+      inputs: Array,
+      seq_lengths: Array | None = None,
+      train: bool = False,
+      initial_carries: tuple[Carry, ...] | None = None,
   ) -> tuple[Array, tuple[Any, ...]]:
     """Runs the stack.
+
+    A long sequence can be run in chunks (streaming, or generation one step at a
+    time): passing one call's final carries as the next call's `initial_carries`
+    gives the outputs of one call over the concatenated inputs (with
+    `seq_lengths`, each chunk's lengths are the part of each sequence inside it).
 
     Args:
       inputs: [batch, time, in_features].
@@ -481,6 +511,9 @@ class LSTM(nn.Module):
         (zeros). Concrete lengths outside [0, time] are a ValueError; traced
         ones (under `jit`) cannot be checked and are clamped to [0, time].
       train: enables dropout (needs a 'dropout' rng when a rate is > 0).
+      initial_carries: the carries to start from, structured as `final_carries`
+        (e.g. a previous call's, or `initial_carries(batch)`); None starts from
+        zeros. Not for bidirectional stacks.
 
     Returns:
       (outputs, final_carries): outputs [batch, time, features] (2 * features
@@ -491,8 +524,15 @@ class LSTM(nn.Module):
 
     Raises:
       TypeError: float (or other non-integer) `seq_lengths`.
-      ValueError: concrete `seq_lengths` outside [0, time], or not [batch].
+      ValueError: concrete `seq_lengths` outside [0, time], or not [batch];
+        `initial_carries` for a bidirectional stack or with other than one
+        carry per layer.
     """
+    if initial_carries is not None:
+      self._check_resumable()
+      if len(initial_carries) != self.num_layers:
+        raise ValueError(f"LSTM: initial_carries has {len(initial_carries)} entries; expected "
+                         f"one (c, h) per layer, {self.num_layers}.")
     x = jnp.swapaxes(inputs, 0, 1)  # time-major: scan runs over the leading axis
     valid = None
     if seq_lengths is not None:
@@ -505,11 +545,12 @@ class LSTM(nn.Module):
       if layer > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       forward_carry, y = self._direction(
-          self._cell(f"layer_{layer}"), x, valid, seq_lengths, False, train
+          self._cell(f"layer_{layer}"), x, valid, seq_lengths, False, train,
+          None if initial_carries is None else initial_carries[layer],
       )
       if self.bidirectional:
         backward_carry, y_backward = self._direction(
-            self._cell(f"layer_{layer}_backward"), x, valid, seq_lengths, True, train
+            self._cell(f"layer_{layer}_backward"), x, valid, seq_lengths, True, train, None
         )
         final_carries.append((forward_carry, backward_carry))
         x = jnp.concatenate([y, y_backward], axis=-1)

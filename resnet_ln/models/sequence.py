@@ -1,4 +1,9 @@
-"""Sequence models on the (LayerNorm) LSTM: a character language model and a classifier."""
+"""Sequence models on the (LayerNorm) LSTM: a character language model and a classifier.
+
+Both name their parts `embed` (CharLM), `lstm` and `head`. Checkpoints written
+before these names (Flax's `Embed_0`, `LSTM_0`, `Dense_0`) load through
+`resnet_ln.load_run`, which maps the old names (`resnet_ln.run.LEGACY_NAMES`).
+"""
 
 import dataclasses
 from typing import Any
@@ -8,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_ln.models.lstm import LSTM
+from resnet_ln.models.lstm import Carry
 from resnet_ln.models.lstm import _check_at_least_one
 from resnet_ln.models.lstm import _check_rate
 from resnet_ln.models.registry import register_model
@@ -91,25 +97,47 @@ class CharLM(LSTMOptions):
     _check_at_least_one(self, "vocab_size", "embed_dim")
     super().__post_init__()
 
+  @nn.nowrap
+  def initial_carries(self, batch_size: int) -> tuple[Carry, ...]:
+    """Zero LSTM carries for `__call__(initial_carries=...)`; see `LSTM.initial_carries`."""
+    return self._lstm(parent=None).initial_carries(batch_size)
+
   @nn.compact
-  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+      self,
+      tokens: jax.Array,
+      train: bool = False,
+      initial_carries: tuple[Carry, ...] | None = None,
+      return_carries: bool = False,
+  ) -> jax.Array | tuple[jax.Array, tuple[Carry, ...]]:
     """Next-token logits.
+
+    Continuing from the carries of the text so far (`initial_carries`) gives the
+    logits that one call over the whole text gives at these positions: text can
+    be fed in chunks, or one token at a time when generating.
 
     Args:
       tokens: [batch, time] int32 token ids.
       train: enables dropout (needs a 'dropout' rng when a rate is > 0).
+      initial_carries: the LSTM carries after the preceding tokens (a previous
+        call's, with `return_carries`); None starts a new text.
+      return_carries: also return the LSTM carries after the last token.
 
     Returns:
       logits: [batch, time, vocab_size] float32; position t predicts token t + 1.
+      With `return_carries`, (logits, carries).
     """
     x = nn.Embed(
-        self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype
+        self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+        name="embed",
     )(tokens)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x, _ = self._lstm()(x, train=train)
+    x, carries = self._lstm(name="lstm")(x, train=train, initial_carries=initial_carries)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-    return logits.astype(jnp.float32)
+    logits = nn.Dense(
+        self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+    )(x).astype(jnp.float32)
+    return (logits, carries) if return_carries else logits
 
 
 @register_model("seq_classifier")
@@ -161,7 +189,7 @@ class SequenceClassifier(LSTMOptions):
           "SequenceClassifier expects [batch, time, features] or "
           f"[batch, height, width, channels] inputs, got shape {inputs.shape}."
       )
-    _, carries = self._lstm(bidirectional=self.bidirectional)(
+    _, carries = self._lstm(bidirectional=self.bidirectional, name="lstm")(
         inputs.astype(self.dtype), seq_lengths, train=train
     )
     if self.bidirectional:
@@ -170,5 +198,7 @@ class SequenceClassifier(LSTMOptions):
     else:
       _, h = carries[-1]
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(h)
+    logits = nn.Dense(
+        self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head"
+    )(h)
     return logits.astype(jnp.float32)

@@ -1,0 +1,48 @@
+"""What the `python -m resnet_ln.NAME` commands share: flag parsing and one-line errors.
+
+    if __name__ == "__main__":
+      cli.run(main)
+
+A bad flag, a bad workdir or input the command cannot use ends the command with
+one `error: ...` line on stderr and exit status 1, never a traceback.
+"""
+
+import os
+import sys
+from typing import Callable
+
+from absl import app, flags, logging
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FLAGS = flags.FLAGS
+# Errors that are the user's input, not a bug: reported in one line.
+USER_ERRORS = (ValueError, OSError)
+
+
+class UsageError(ValueError):
+  """Input the command cannot use; the message says what to pass instead."""
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad or missing flag reported in one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}\nSee --help for the flags.")
+
+
+def run(main: Callable[[list[str]], None],
+        flags_parser: Callable[[list[str]], list[str]] = parse_flags) -> None:
+  """`absl.app.run(main)`, with the errors of `main` on bad input as one `error:` line."""
+
+  def checked_main(argv: list[str]) -> None:
+    from resnet_ln.train.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
+    if not FLAGS["verbosity"].present:  # The libraries' INFO lines, unless asked for.
+      logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except (*USER_ERRORS, CheckpointError) as e:
+      sys.exit(f"error: {e}".replace("\n", " "))
+
+  app.run(checked_main, flags_parser=flags_parser)
