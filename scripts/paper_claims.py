@@ -2,6 +2,7 @@
 
   python scripts/paper_claims.py lnlstm       # Layer Normalization, LN-LSTM vs LSTM
   python scripts/paper_claims.py degradation  # Deep Residual Learning, residual vs plain
+  python scripts/paper_claims.py invariances  # Layer Normalization, Table 1
 
 `lnlstm` trains `configs/charlm.py:lnlstm` and `:lstm` (the same model, data,
 seed and steps, LayerNorm or not) on `pydoc_topics` and plots validation bits
@@ -13,6 +14,11 @@ depth, the residual net of equal depth does not.
 Each run trains in its own `--workdir/NAME` (rerunning resumes, or just
 re-evaluates a finished run); the plot goes to `--plot` (default: docs/) and
 the final numbers are printed as a Markdown table.
+
+`invariances` trains nothing: it applies each transformation of the Layer
+Normalization paper's Table 1 (section 5.1) to a small random layer and its
+random data, and says for BatchNorm, weight normalisation and LayerNorm whether
+the normalised output stayed the same (within `INVARIANCE_TOLERANCE`).
 """
 
 import argparse
@@ -30,6 +36,119 @@ sys.path.insert(0, ROOT)  # For `configs`, when run as a script from anywhere.
 
 from configs import charlm  # noqa: E402
 from configs import default  # noqa: E402
+
+NORM_METHODS = ("BatchNorm", "WeightNorm", "LayerNorm")
+TRANSFORMATIONS = (
+    "weight matrix re-scaling", "weight matrix re-centering", "weight vector re-scaling",
+    "dataset re-scaling", "dataset re-centering", "single training case re-scaling")
+# Outputs are O(1) (normalised summed inputs). Epsilon (1e-5, against variances near 1) and
+# float32 rounding move an invariant output by up to about 2e-5; a transformation the method
+# does not absorb moves it by more than 0.1.
+INVARIANCE_TOLERANCE = 1e-4
+
+
+# --- Invariances (Layer Normalization, Table 1) -------------------------------------------------
+
+
+def normalised_output(method: str, weights, inputs, gain, bias):
+  """h = gain * normalise(a) + bias for the summed inputs a = W x of one layer.
+
+  Args:
+    method: 'BatchNorm' (each hidden unit over the cases, train mode: batch
+      statistics), 'WeightNorm' (a_i = v_i . x / |v_i|, Salimans & Kingma 2016)
+      or 'LayerNorm' (each case over its hidden units).
+    weights: W, [hidden, inputs].
+    inputs: x, [cases, inputs].
+    gain, bias: [hidden], fixed (the paper's invariances hold them constant).
+
+  Returns:
+    [cases, hidden].
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  summed = inputs @ weights.T
+  params = {"scale": gain, "bias": bias}
+  if method == "BatchNorm":
+    stats = {"mean": jnp.zeros_like(gain), "var": jnp.ones_like(gain)}
+    out, _ = nn.BatchNorm(use_running_average=False, epsilon=1e-5).apply(
+        {"params": params, "batch_stats": stats}, summed, mutable=["batch_stats"])
+    return out
+  if method == "LayerNorm":
+    return nn.LayerNorm(epsilon=1e-5).apply({"params": params}, summed)
+  if method == "WeightNorm":
+    return gain * summed / jnp.linalg.norm(weights, axis=1) + bias
+  raise ValueError(f"method must be one of {NORM_METHODS}, got {method!r}.")
+
+
+def transform(name: str, weights, inputs, rng):
+  """(W, x) after the transformation `name` of Table 1, with a random scale and shift."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  scale_rng, shift_rng = jax.random.split(rng)
+  delta = jax.random.uniform(scale_rng, (), minval=2.0, maxval=4.0)
+  gamma = jax.random.normal(shift_rng, (inputs.shape[1],))
+  if name == "weight matrix re-scaling":  # W -> delta W.
+    return delta * weights, inputs
+  if name == "weight matrix re-centering":  # W -> W + 1 gamma^T: every a_i of a case moves alike.
+    return weights + gamma[None, :], inputs
+  if name == "weight vector re-scaling":  # w_0 -> delta w_0: one hidden unit's incoming weights.
+    return weights.at[0].multiply(delta), inputs
+  if name == "dataset re-scaling":  # x -> delta x for every case.
+    return weights, delta * inputs
+  if name == "dataset re-centering":  # x -> x + gamma for every case.
+    return weights, inputs + gamma[None, :]
+  if name == "single training case re-scaling":  # x_0 -> delta x_0, the other cases unchanged.
+    return weights, inputs.at[0].multiply(delta)
+  raise ValueError(f"transformation must be one of {TRANSFORMATIONS}, got {name!r}.")
+
+
+def invariance_changes(seed: int = 0, cases: int = 16, num_inputs: int = 12,
+                       hidden: int = 8) -> dict[str, dict[str, float]]:
+  """method -> transformation -> max |h(transformed) - h| over the whole [cases, hidden] output."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  keys = jax.random.split(jax.random.PRNGKey(seed), 5 + len(TRANSFORMATIONS))
+  weights = jax.random.normal(keys[0], (hidden, num_inputs)) / jnp.sqrt(num_inputs)
+  # Data with a non-zero mean, so re-centering is not hidden by data already centred.
+  inputs = jax.random.normal(keys[1], (cases, num_inputs)) + jax.random.normal(keys[2], (num_inputs,))
+  gain = 1.0 + 0.2 * jax.random.normal(keys[3], (hidden,))
+  bias = 0.2 * jax.random.normal(keys[4], (hidden,))
+  changes = {}
+  for method in NORM_METHODS:
+    before = normalised_output(method, weights, inputs, gain, bias)
+    changes[method] = {}
+    for name, key in zip(TRANSFORMATIONS, keys[5:]):
+      after = normalised_output(method, *transform(name, weights, inputs, key), gain, bias)
+      changes[method][name] = float(jnp.max(jnp.abs(after - before)))
+  return changes
+
+
+def invariance_table(changes: dict[str, dict[str, float]]) -> dict[str, dict[str, str]]:
+  """method -> transformation -> 'invariant' or 'not invariant' (INVARIANCE_TOLERANCE)."""
+  return {method: {name: "invariant" if change <= INVARIANCE_TOLERANCE else "not invariant"
+                   for name, change in row.items()} for method, row in changes.items()}
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def invariances(args: argparse.Namespace) -> int:
+  changes = invariance_changes(seed=args.seed)
+  table = invariance_table(changes)
+  header = ["method", *TRANSFORMATIONS]
+  print(markdown_table(header, [[m, *(table[m][t] for t in TRANSFORMATIONS)] for m in table]))
+  print(f"\nInvariant: max |change| of the normalised output <= {INVARIANCE_TOLERANCE:g} "
+        "(outputs are O(1)). The changes measured:\n")
+  print(markdown_table(header, [[m, *(f"{changes[m][t]:.1e}" for t in TRANSFORMATIONS)]
+                                for m in changes]))
+  return 0
+
+
+# --- Trained claims: LN-LSTM vs LSTM, degradation ------------------------------------------------
 
 
 def lnlstm_runs(steps: int) -> dict:
@@ -102,35 +221,35 @@ def plot_degradation(results: dict, path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("claim", choices=("lnlstm", "degradation"))
-  parser.add_argument("--workdir", default=os.path.join(ROOT, "workdirs", "claims"))
-  parser.add_argument("--plot", default=None, help="PNG path (default: docs/CLAIM.png).")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="Train steps per run (default: 600 lnlstm, 500 degradation).")
-  args = parser.parse_args(argv)
-
+def train_runs(runs: dict, workdir: str) -> dict:
+  """Trains each run in `workdir/NAME` (resuming); name -> its train and eval records."""
   from absl import logging  # pylint: disable=import-outside-toplevel
   from resnet_ln import train  # pylint: disable=import-outside-toplevel
 
   logging.set_verbosity(logging.INFO)  # The trainer's progress lines, as under train.py.
+  results = {}
+  for name, config in runs.items():
+    run_dir = os.path.join(workdir, name)
+    train.train_and_evaluate(config, run_dir)
+    evals = read_metrics(run_dir, "eval")
+    results[name] = {"train": read_metrics(run_dir, "train"), "eval": evals,
+                     "final": evals[max(evals)], "workdir": run_dir, "config": config}
+  return results
 
+
+def plot_path(args: argparse.Namespace) -> str:
+  path = args.plot or os.path.join(ROOT, "docs", f"{args.claim}.png")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  return path
+
+
+def lnlstm_or_degradation(args: argparse.Namespace) -> int:
   if args.claim == "lnlstm":
     runs, plot = lnlstm_runs(args.steps or 600), plot_lnlstm
   else:
     runs, plot = degradation_runs(args.steps or 500), plot_degradation
-  results = {}
-  for name, config in runs.items():
-    workdir = os.path.join(args.workdir, name)
-    train.train_and_evaluate(config, workdir)
-    evals = read_metrics(workdir, "eval")
-    results[name] = {"train": read_metrics(workdir, "train"), "eval": evals,
-                     "final": evals[max(evals)]}
-
-  path = args.plot or os.path.join(ROOT, "docs", f"{args.claim}.png")
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  results = train_runs(runs, args.workdir)
+  path = plot_path(args)
   plot(results, path)
   metric = "bits_per_char" if args.claim == "lnlstm" else "accuracy"
   print(f"\n| run | steps | final train loss | eval {metric} |\n| --- | --- | --- | --- |")
@@ -140,6 +259,26 @@ def main(argv=None) -> int:
           f"{result['final'][metric]:.4f} |")
   print(f"\nPlot: {path}")
   return 0
+
+
+CLAIMS = {
+    "lnlstm": lnlstm_or_degradation,
+    "degradation": lnlstm_or_degradation,
+    "invariances": invariances,
+}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("claim", choices=tuple(CLAIMS))
+  parser.add_argument("--workdir", default=os.path.join(ROOT, "workdirs", "claims"))
+  parser.add_argument("--plot", default=None, help="PNG path (default: docs/CLAIM.png).")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="Train steps per run (default: 600 lnlstm, 500 degradation).")
+  parser.add_argument("--seed", type=int, default=0, help="invariances: the random layer's seed.")
+  args = parser.parse_args(argv)
+  return CLAIMS[args.claim](args)
 
 
 if __name__ == "__main__":
