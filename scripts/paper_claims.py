@@ -4,6 +4,8 @@
   python scripts/paper_claims.py degradation  # Deep Residual Learning, residual vs plain
   python scripts/paper_claims.py invariances  # Layer Normalization, Table 1
   python scripts/paper_claims.py responses    # Deep Residual Learning, Figure 7
+  python scripts/paper_claims.py norms        # BatchNorm, LayerNorm, GroupNorm, none x batch
+  python scripts/paper_claims.py magnitude    # What LayerNorm erases: the input's scale
 
 `lnlstm` trains `configs/charlm.py:lnlstm` and `:lstm` (the same model, data,
 seed and steps, LayerNorm or not) on `pydoc_topics` and plots validation bits
@@ -26,6 +28,17 @@ the normalised output stayed the same (within `INVARIANCE_TOLERANCE`).
 measures the standard deviation of each 3x3 layer's response (its BatchNorm
 output, before the ReLU and the addition) on the held-out digits in eval mode
 (`resnet_ln.models.layer_responses`), by layer index and sorted by magnitude.
+
+`norms` trains CIFAR ResNet-20 on `digits` at 32x32 with norm='batch', 'layer',
+'group' and None, each at batches of 2, 8 and 64 (one device, so the per-device
+batch), for the same number of epochs with the learning rate scaled linearly
+with the batch, and reports the test accuracy.
+
+`magnitude` trains the LN-LSTM and the LSTM (`SequenceClassifier`) to tell
+whether a random sequence was multiplied by 0.5 or by 2, a label that only the
+input's overall scale carries and that LayerNorm of W_x x_t erases; then again
+with an extra input channel that is not multiplied (a constant 1), so that the
+ratio of the features to it carries the scale.
 """
 
 import argparse
@@ -318,8 +331,171 @@ def responses(args: argparse.Namespace) -> int:
   return 0
 
 
-def train_runs(runs: dict, workdir: str) -> dict:
-  """Trains each run in `workdir/NAME` (resuming); name -> its train and eval records."""
+NORMS = ("batch", "layer", "group", None)
+NORM_BATCH_SIZES = (2, 8, 64)
+
+
+def norms_runs(epochs: float) -> dict:
+  """ResNet-20 on digits at 32x32: each norm at each batch size, the same epochs."""
+  runs = {}
+  for norm in NORMS:
+    for batch_size in NORM_BATCH_SIZES:
+      config = default.get_config()
+      config.image_size = 32
+      config.model_kwargs.norm = norm
+      config.batch_size = batch_size
+      config.lr_base_batch_size = 128  # 0.1 per 128 examples: 0.0016 at batch 2.
+      config.num_epochs = epochs
+      config.warmup_epochs = min(0.25, epochs / 4)
+      config.log_every_steps = max(1442 // batch_size // 4, 1)  # About 4 records an epoch.
+      config.eval_every_steps = 0
+      config.checkpoint_every_steps = 100_000  # Only the final one.
+      runs[f"digits32_{norm or 'none'}_batch{batch_size}"] = config
+  return runs
+
+
+def plot_norms(results: dict, path: str) -> None:
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  width = 0.8 / len(NORMS)
+  for i, norm in enumerate(NORMS):
+    accuracies = [results[f"digits32_{norm or 'none'}_batch{b}"].get("final", {}).get(
+        "accuracy", 0.0) for b in NORM_BATCH_SIZES]
+    bars = ax.bar([k + (i - 1.5) * width for k in range(len(NORM_BATCH_SIZES))], accuracies,
+                  width, label=f"norm={norm!r}" if norm else "no norm")
+    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+  ax.set_xticks(range(len(NORM_BATCH_SIZES)), [f"batch {b}" for b in NORM_BATCH_SIZES])
+  ax.set(ylabel="test accuracy", ylim=(0, 1.05),
+         title="ResNet-20 on digits at 32x32, the same epochs per run")
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def norms(args: argparse.Namespace) -> int:
+  epochs = args.epochs or 2.0
+  results = train_runs(norms_runs(epochs), args.workdir, allow_nonfinite=True)
+  path = plot_path(args)
+  plot_norms(results, path)
+  rows = []
+  for norm in NORMS:
+    row = [f"`{norm!r}`" if norm else "`None`"]
+    for batch_size in NORM_BATCH_SIZES:
+      result = results[f"digits32_{norm or 'none'}_batch{batch_size}"]
+      row.append("diverged" if "diverged" in result else f"{result['final']['accuracy']:.3f}")
+    rows.append(row)
+  print(markdown_table(["norm", *(f"batch {b}" for b in NORM_BATCH_SIZES)], rows))
+  print(f"\nTest accuracy after {epochs:g} epochs. Plot: {path}")
+  return 0
+
+
+# --- What LayerNorm erases: the input's overall scale ----------------------------------------------
+
+MAGNITUDE_SCALES = (0.5, 2.0)  # Label 0: the sequence was multiplied by 0.5; label 1: by 2.
+
+
+def magnitude_batch(rng, batch_size: int, time: int = 16, features: int = 4,
+                    scale_channel: bool = False):
+  """Random sequences [batch, time, features] times 0.5 or 2, and which one (the label).
+
+  With `scale_channel`, a last channel of ones is appended after the scaling.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  z_rng, label_rng = jax.random.split(rng)
+  labels = jax.random.bernoulli(label_rng, 0.5, (batch_size,)).astype(jnp.int32)
+  scales = jnp.asarray(MAGNITUDE_SCALES)[labels]
+  inputs = scales[:, None, None] * jax.random.normal(z_rng, (batch_size, time, features))
+  if scale_channel:
+    inputs = jnp.concatenate([inputs, jnp.ones((batch_size, time, 1))], axis=-1)
+  return inputs, labels
+
+
+def train_magnitude(layer_norm: bool, scale_channel: bool, steps: int, seed: int = 0,
+                    batch_size: int = 64, eval_size: int = 2048) -> dict:
+  """Trains a SequenceClassifier on the magnitude task; returns its curve and final accuracy."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from resnet_ln.models import SequenceClassifier  # pylint: disable=import-outside-toplevel
+
+  model = SequenceClassifier(num_classes=2, features=32, layer_norm=layer_norm)
+  init_rng, data_rng, eval_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+  eval_inputs, eval_labels = magnitude_batch(eval_rng, eval_size, scale_channel=scale_channel)
+  params = model.init(init_rng, eval_inputs[:1])["params"]
+  tx = optax.adam(3e-3)
+  opt_state = tx.init(params)
+
+  def loss_fn(params, inputs, labels):
+    logits = model.apply({"params": params}, inputs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  @jax.jit
+  def train_step(params, opt_state, rng):
+    inputs, labels = magnitude_batch(rng, batch_size, scale_channel=scale_channel)
+    loss, grads = jax.value_and_grad(loss_fn)(params, inputs, labels)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  @jax.jit
+  def accuracy(params):
+    logits = model.apply({"params": params}, eval_inputs)
+    return jnp.mean(jnp.argmax(logits, -1) == eval_labels)
+
+  curve = {}
+  for step in range(1, steps + 1):
+    params, opt_state, loss = train_step(params, opt_state, jax.random.fold_in(data_rng, step))
+    if step % max(steps // 20, 1) == 0 or step == steps:
+      curve[step] = {"loss": float(loss), "accuracy": float(accuracy(params))}
+  return {"curve": curve, "final": curve[steps]}
+
+
+MAGNITUDE_RUNS = {  # name -> (layer_norm, scale_channel)
+    "LN-LSTM": (True, False),
+    "LSTM": (False, False),
+    "LN-LSTM + unscaled channel": (True, True),
+    "LSTM + unscaled channel": (False, True),
+}
+
+
+def plot_magnitude(results: dict, path: str) -> None:
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for i, (name, result) in enumerate(results.items()):
+    steps = sorted(result["curve"])
+    ax.plot(steps, [result["curve"][s]["accuracy"] for s in steps], color=f"C{i}",
+            ls="-" if "unscaled" in name else "--", marker="o", ms=3, label=name)
+  ax.axhline(0.5, color="gray", lw=0.8)
+  ax.set(xlabel="step", ylabel="held-out accuracy", ylim=(0.3, 1.02),
+         title="Was the sequence multiplied by 0.5 or by 2?")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def magnitude(args: argparse.Namespace) -> int:
+  steps = args.steps or 400
+  results = {name: train_magnitude(layer_norm, scale_channel, steps, seed=args.seed)
+             for name, (layer_norm, scale_channel) in MAGNITUDE_RUNS.items()}
+  path = plot_path(args)
+  plot_magnitude(results, path)
+  print(markdown_table(["model", "input", "final train loss", "held-out accuracy"], [
+      [name.split(" + ")[0], "with an unscaled channel of ones" if "+" in name else "scaled only",
+       f"{r['final']['loss']:.3f}", f"{r['final']['accuracy']:.3f}"]
+      for name, r in results.items()]))
+  print(f"\n{steps} steps of 64 sequences (16 steps x 4 features), Adam 3e-3, 32 units; "
+        f"accuracy on 2,048 held-out sequences. Plot: {path}")
+  return 0
+
+
+def train_runs(runs: dict, workdir: str, allow_nonfinite: bool = False) -> dict:
+  """Trains each run in `workdir/NAME` (resuming); name -> its train and eval records.
+
+  With `allow_nonfinite`, a run whose loss becomes inf/NaN is recorded as
+  {'diverged': message} instead of stopping the others.
+  """
   from absl import logging  # pylint: disable=import-outside-toplevel
   from resnet_ln import train  # pylint: disable=import-outside-toplevel
 
@@ -327,7 +503,13 @@ def train_runs(runs: dict, workdir: str) -> dict:
   results = {}
   for name, config in runs.items():
     run_dir = os.path.join(workdir, name)
-    train.train_and_evaluate(config, run_dir)
+    try:
+      train.train_and_evaluate(config, run_dir)
+    except train.NonFiniteError as error:
+      if not allow_nonfinite:
+        raise
+      results[name] = {"diverged": str(error), "config": config}
+      continue
     evals = read_metrics(run_dir, "eval")
     results[name] = {"train": read_metrics(run_dir, "train"), "eval": evals,
                      "final": evals[max(evals)], "workdir": run_dir, "config": config}
@@ -363,6 +545,8 @@ CLAIMS = {
     "degradation": lnlstm_or_degradation,
     "invariances": invariances,
     "responses": responses,
+    "norms": norms,
+    "magnitude": magnitude,
 }
 
 
@@ -374,10 +558,11 @@ def main(argv=None) -> int:
   parser.add_argument("--plot", default=None, help="PNG path (default: docs/CLAIM.png).")
   parser.add_argument("--steps", type=int, default=None,
                       help="Train steps per run (default: 600 lnlstm, 500 degradation, "
-                      "150 responses).")
+                      "150 responses, 400 magnitude).")
+  parser.add_argument("--epochs", type=float, default=None, help="norms: epochs per run (2).")
   parser.add_argument("--batch-size", type=int, default=None,
                       help="responses: the batch size (default 32).")
-  parser.add_argument("--seed", type=int, default=0, help="invariances: the random layer's seed.")
+  parser.add_argument("--seed", type=int, default=0, help="invariances, magnitude: the seed.")
   args = parser.parse_args(argv)
   return CLAIMS[args.claim](args)
 
