@@ -157,15 +157,38 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
   return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def plot_invariances(changes: dict[str, dict[str, float]], path: str) -> None:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  values = np.log10([[max(changes[m][t], 1e-12) for t in TRANSFORMATIONS] for m in NORM_METHODS])
+  fig, ax = plt.subplots(figsize=(9, 3.2))
+  image = ax.imshow(values, cmap="coolwarm", vmin=-7, vmax=1)
+  for (i, j), value in np.ndenumerate(values):
+    verdict = "invariant" if value <= np.log10(INVARIANCE_TOLERANCE) else "not invariant"
+    ax.text(j, i, f"{10**value:.0e}\n{verdict}", ha="center", va="center", fontsize=7)
+  ax.set_xticks(range(len(TRANSFORMATIONS)),
+                [t.replace(" re-", "\nre-").replace("case ", "case\n") for t in TRANSFORMATIONS],
+                fontsize=7)
+  ax.set_yticks(range(len(NORM_METHODS)), NORM_METHODS, fontsize=8)
+  fig.colorbar(image, ax=ax, label="log10 max |change|")
+  ax.set_title(f"Change of the normalised output (invariant: <= {INVARIANCE_TOLERANCE:g})",
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
 def invariances(args: argparse.Namespace) -> int:
   changes = invariance_changes(seed=args.seed)
   table = invariance_table(changes)
+  path = plot_path(args)
+  plot_invariances(changes, path)
   header = ["method", *TRANSFORMATIONS]
   print(markdown_table(header, [[m, *(table[m][t] for t in TRANSFORMATIONS)] for m in table]))
   print(f"\nInvariant: max |change| of the normalised output <= {INVARIANCE_TOLERANCE:g} "
         "(outputs are O(1)). The changes measured:\n")
   print(markdown_table(header, [[m, *(f"{changes[m][t]:.1e}" for t in TRANSFORMATIONS)]
                                 for m in changes]))
+  print(f"\nPlot: {path}")
   return 0
 
 
