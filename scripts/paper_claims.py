@@ -303,16 +303,23 @@ def held_out_images(config) -> "np.ndarray":
   return images[np.concatenate([b["mask"] for b in batches]) > 0]
 
 
-def run_responses(result: dict) -> list[float]:
-  """The trained run's per-layer response std on its held-out images, stem first."""
+def run_responses(result: dict) -> tuple[list[float], float]:
+  """The trained run's per-layer response std on its held-out images (stem first), and the
+  mean |scale| of those BatchNorms (the learned gains the responses follow)."""
+  from flax import traverse_util  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
   from resnet_ln.models import get_model  # pylint: disable=import-outside-toplevel
   from resnet_ln.models import layer_responses  # pylint: disable=import-outside-toplevel
   from resnet_ln.train import load_variables  # pylint: disable=import-outside-toplevel
 
   config = result["config"]
   model = get_model(config.model, num_classes=10, **config.model_kwargs)
-  stds = layer_responses(model, load_variables(result["workdir"]), held_out_images(config))
-  return list(stds.values())
+  variables = load_variables(result["workdir"])
+  stds = layer_responses(model, variables, held_out_images(config))
+  params = traverse_util.flatten_dict(variables["params"], sep="/")
+  scales = [np.abs(np.asarray(params[f"{path}/scale"])).mean() for path in stds]
+  return list(stds.values()), float(np.mean(scales))
 
 
 def plot_responses(results: dict, path: str) -> None:
@@ -339,7 +346,7 @@ def responses(args: argparse.Namespace) -> int:
 
   results = train_runs(responses_runs(args.steps or 150, args.batch_size or 32), args.workdir)
   for result in results.values():
-    result["stds"] = run_responses(result)
+    result["stds"], result["mean_scale"] = run_responses(result)
   path = plot_path(args)
   plot_responses(results, path)
   rows = []
@@ -347,9 +354,10 @@ def responses(args: argparse.Namespace) -> int:
     stds = np.asarray(result["stds"])
     rows.append([name.removeprefix("digits32_"), str(result["final"]["step"]),
                  f"{result['final']['accuracy']:.3f}", str(len(stds)), f"{stds.mean():.3f}",
-                 f"{np.median(stds):.3f}", f"{stds[1:].mean():.3f}"])
+                 f"{np.median(stds):.3f}", f"{stds[1:].mean():.3f}",
+                 f"{result['mean_scale']:.3f}"])
   print(markdown_table(["net", "steps", "test accuracy", "3x3 layers", "mean std",
-                        "median std", "mean std without the stem"], rows))
+                        "median std", "mean std without the stem", "mean BN scale"], rows))
   print(f"\nPlot: {path}")
   return 0
 
