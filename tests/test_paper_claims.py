@@ -100,3 +100,19 @@ def test_layer_responses_refuses_a_net_without_norms():
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
   with pytest.raises(ValueError, match="no block norms"):
     layer_responses(model, variables, images)
+
+
+def test_magnitude_task_label_is_invisible_to_the_ln_lstm_only():
+  """The LN-LSTM gives a sequence times 0.5 and times 2 the same logits; the LSTM does not."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from resnet_ln.models import SequenceClassifier  # pylint: disable=import-outside-toplevel
+
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4))
+  low, high = (scale * z for scale in paper_claims.MAGNITUDE_SCALES)
+  for layer_norm in (True, False):
+    model = SequenceClassifier(num_classes=2, features=8, layer_norm=layer_norm)
+    variables = model.init(jax.random.PRNGKey(1), z)
+    change = np.abs(model.apply(variables, high) - model.apply(variables, low)).max()
+    assert (change < 1e-4) == layer_norm, (layer_norm, change)
