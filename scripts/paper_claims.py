@@ -1,4 +1,4 @@
-"""The two papers' central claims at small scale, on the embedded offline datasets.
+"""The two papers' claims at small scale, on the embedded offline datasets (or none).
 
   python scripts/paper_claims.py lnlstm       # Layer Normalization, LN-LSTM vs LSTM
   python scripts/paper_claims.py degradation  # Deep Residual Learning, residual vs plain
@@ -30,9 +30,10 @@ output, before the ReLU and the addition) on the held-out digits in eval mode
 (`resnet_ln.models.layer_responses`), by layer index and sorted by magnitude.
 
 `norms` trains CIFAR ResNet-20 on `digits` at 32x32 with norm='batch', 'layer',
-'group' and None, each at batches of 2, 8 and 64 (one device, so the per-device
-batch), for the same number of epochs with the learning rate scaled linearly
-with the batch, and reports the test accuracy.
+'group' and None, each at batches of 2, 8 and 64 on one device (so the batch is
+the per-device batch, and the one BatchNorm's statistics see), for the same
+number of epochs with the learning rate scaled linearly with the batch, and
+reports the test accuracy.
 
 `magnitude` trains the LN-LSTM and the LSTM (`SequenceClassifier`) to tell
 whether a random sequence was multiplied by 0.5 or by 2, a label that only the
@@ -374,6 +375,8 @@ def norms_runs(epochs: float) -> dict:
       config = default.get_config()
       config.image_size = 32
       config.model_kwargs.norm = norm
+      # One device: on N, pmap's synchronised BatchNorm would see N times the batch.
+      config.num_devices = 1
       config.batch_size = batch_size
       config.lr_base_batch_size = 128  # 0.1 per 128 examples: 0.0016 at batch 2.
       config.num_epochs = epochs
