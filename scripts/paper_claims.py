@@ -395,11 +395,12 @@ def plot_norms(results: dict, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   width = 0.8 / len(NORMS)
   for i, norm in enumerate(NORMS):
-    accuracies = [results[f"digits32_{norm or 'none'}_batch{b}"].get("final", {}).get(
-        "accuracy", 0.0) for b in NORM_BATCH_SIZES]
-    bars = ax.bar([k + (i - 1.5) * width for k in range(len(NORM_BATCH_SIZES))], accuracies,
+    runs = [results[f"digits32_{norm or 'none'}_batch{b}"] for b in NORM_BATCH_SIZES]
+    positions = [k + (i - 1.5) * width for k in range(len(NORM_BATCH_SIZES))]
+    bars = ax.bar(positions, [run.get("final", {}).get("accuracy", 0.0) for run in runs],
                   width, label=f"norm={norm!r}" if norm else "no norm")
-    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.bar_label(bars, ["diverged" if "diverged" in run else f"{run['final']['accuracy']:.2f}"
+                        for run in runs], fontsize=7, rotation=90, padding=2)
   ax.set_xticks(range(len(NORM_BATCH_SIZES)), [f"batch {b}" for b in NORM_BATCH_SIZES])
   ax.set(ylabel="test accuracy", ylim=(0, 1.15),
          title="ResNet-20 on digits at 32x32, the same epochs per run")
