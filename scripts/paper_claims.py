@@ -49,6 +49,7 @@ import os
 import sys
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # Files only: no display needed.
 import matplotlib.pyplot as plt  # noqa: E402
@@ -135,7 +136,8 @@ def invariance_changes(seed: int = 0, cases: int = 16, num_inputs: int = 12,
   keys = jax.random.split(jax.random.PRNGKey(seed), 5 + len(TRANSFORMATIONS))
   weights = jax.random.normal(keys[0], (hidden, num_inputs)) / jnp.sqrt(num_inputs)
   # Data with a non-zero mean, so re-centering is not hidden by data already centred.
-  inputs = jax.random.normal(keys[1], (cases, num_inputs)) + jax.random.normal(keys[2], (num_inputs,))
+  inputs = (jax.random.normal(keys[1], (cases, num_inputs))
+            + jax.random.normal(keys[2], (num_inputs,)))
   gain = 1.0 + 0.2 * jax.random.normal(keys[3], (hidden,))
   bias = 0.2 * jax.random.normal(keys[4], (hidden,))
   changes = {}
@@ -160,8 +162,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def plot_invariances(changes: dict[str, dict[str, float]], path: str) -> None:
-  import numpy as np  # pylint: disable=import-outside-toplevel
-
   values = np.log10([[max(changes[m][t], 1e-12) for t in TRANSFORMATIONS] for m in NORM_METHODS])
   fig, ax = plt.subplots(figsize=(9, 3.2))
   image = ax.imshow(values, cmap="coolwarm", vmin=-7, vmax=1)
@@ -294,10 +294,8 @@ def responses_runs(steps: int, batch_size: int) -> dict:
   return runs
 
 
-def held_out_images(config) -> "np.ndarray":
+def held_out_images(config) -> np.ndarray:
   """The real (unpadded) images of the run's eval split, [examples, height, width, channels]."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-
   from resnet_ln.data import pipeline  # pylint: disable=import-outside-toplevel
 
   batches = list(pipeline.create_eval_iterator(config))
@@ -309,8 +307,6 @@ def run_responses(result: dict) -> tuple[list[float], float]:
   """The trained run's per-layer response std on its held-out images (stem first), and the
   mean |scale| of those BatchNorms (the learned gains the responses follow)."""
   from flax import traverse_util  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-
   from resnet_ln.models import get_model  # pylint: disable=import-outside-toplevel
   from resnet_ln.models import layer_responses  # pylint: disable=import-outside-toplevel
   from resnet_ln.train import load_variables  # pylint: disable=import-outside-toplevel
@@ -344,8 +340,6 @@ def plot_responses(results: dict, path: str) -> None:
 
 
 def responses(args: argparse.Namespace) -> int:
-  import numpy as np  # pylint: disable=import-outside-toplevel
-
   results = train_runs(responses_runs(args.steps or 150, args.batch_size or 32), args.workdir)
   for result in results.values():
     result["stds"], result["mean_scale"] = run_responses(result)
@@ -427,7 +421,7 @@ def norms(args: argparse.Namespace) -> int:
   return 0
 
 
-# --- What LayerNorm erases: the input's overall scale ----------------------------------------------
+# --- What LayerNorm erases: the input's overall scale -------------------------------------------
 
 MAGNITUDE_SCALES = (0.5, 2.0)  # Label 0: the sequence was multiplied by 0.5; label 1: by 2.
 
