@@ -14,6 +14,7 @@ from resnet_ln.models.registry import list_models
 from resnet_ln.models.registry import register_model
 from resnet_ln.models.registry import register_model_family
 from resnet_ln.models.resnet import BasicBlock
+from resnet_ln.models.responses import layer_responses
 from resnet_ln.models.resnet import BottleneckBlock
 from resnet_ln.models.resnet import CifarPlain
 from resnet_ln.models.resnet import CifarResNet
