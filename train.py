@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from resnet_ln import cli
 from resnet_ln.train import signals
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,18 +43,6 @@ def _in_cluster() -> bool:
           or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
           or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
           or "JAX_COORDINATOR_ADDRESS" in os.environ)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with every bad flag or override reported in one line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:  # A bad flag value, including an ill-typed --config.FIELD.
-    sys.exit(f"error: {e}\nSee --helpfull for the flags.")
-  except AttributeError as e:  # --config.FIELD for a field that the config does not have.
-    reason = e.args[0].args[0] if e.args and isinstance(e.args[0], KeyError) else e
-    reason = str(reason).replace("\n", ". ")
-    sys.exit(f"error: unknown config field in a --config.FIELD override: {reason}")
 
 
 def _quiet_libraries() -> None:
@@ -121,4 +110,4 @@ def _train() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -25,11 +25,15 @@ class UsageError(ValueError):
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad or missing flag reported in one line."""
+  """absl's flag parsing, with a bad or missing flag or config override reported in one line."""
   try:
     return FLAGS(argv)
-  except flags.Error as e:
+  except flags.Error as e:  # A bad flag value, including an ill-typed --config.FIELD.
     sys.exit(f"error: {e}\nSee --help for the flags.")
+  except AttributeError as e:  # --config.FIELD for a field that the config does not have.
+    reason = e.args[0].args[0] if e.args and isinstance(e.args[0], KeyError) else e
+    reason = str(reason).replace("\n", ". ")
+    sys.exit(f"error: unknown config field in a --config.FIELD override: {reason}")
 
 
 def run(main: Callable[[list[str]], None],
