@@ -31,6 +31,7 @@ from resnet_ln.train import steps
 from resnet_ln.train import trainer
 from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import get_task
+from resnet_ln.train.validation import ConfigError, validate_config
 
 FLAGS = flags.FLAGS
 
@@ -44,6 +45,10 @@ def define_flags() -> None:
   flags.mark_flag_as_required("workdir")
 
 _OVERRIDE_PREFIX = "--config."
+# What the checkpoint's variables were trained as: evaluating with other values would
+# build another model, or feed it other inputs, than the one the weights belong to.
+_FIXED_FIELDS = ("model", "model_kwargs", "dtype", "image_size", "seq_len", "num_classes",
+                 "augment")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -59,6 +64,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
       raise cli.UsageError(f"{_OVERRIDE_PREFIX}{override}: expected "
                            f"{_OVERRIDE_PREFIX}FIELD=VALUE.")
     *parents, name = field.split(".")
+    if field.split(".")[0] in _FIXED_FIELDS:
+      raise cli.UsageError(
+          f"{_OVERRIDE_PREFIX}{field}: the checkpoint's variables are those of the run's own "
+          f"{field.split('.')[0]}; evaluate it as trained (overrides may change the data "
+          "source, the batch and the split).")
     node = config
     for part in parents:
       node = node.get(part)
@@ -97,6 +107,10 @@ def evaluate_run(workdir: str, step: int | None = None, split: str | None = None
   apply_overrides(config, overrides)
   if split is not None:
     config.eval_split = split
+  try:
+    validate_config(config)
+  except ConfigError as e:
+    raise cli.UsageError(str(e)) from None
   try:
     info = data.get_dataset_info(config)
   except ValueError as e:

@@ -5,8 +5,10 @@
 
 A workdir holds what the trainer wrote: `config.json` (the config), `dataset.json`
 (the `DatasetInfo` and the image normalisation) and `checkpoints/`. The model is
-rebuilt with `build.create_model`, so this needs jax, flax and orbax only: no
-TensorFlow, TFDS or ml_collections. The evaluate, predict, sample and export
+rebuilt with `build.create_model`, so this needs jax, flax (with the optax it
+requires) and orbax only: no TensorFlow, TFDS or ml_collections. The config is the
+one in effect at the loaded step (`config.json`, or the `config_history/` record
+of a rerun that changed fields). The evaluate, predict, sample and export
 commands all start here.
 """
 
@@ -24,10 +26,11 @@ import jax
 from resnet_ln.data.info import DatasetInfo
 from resnet_ln.train import build
 from resnet_ln.train import checkpoint
+from resnet_ln.train import workdir as workdir_lib
 from resnet_ln.train.tasks import get_task
 
-CONFIG_FILE = "config.json"
-DATASET_FILE = "dataset.json"  # As `trainer.DATASET_FILE` writes it.
+CONFIG_FILE = workdir_lib.CONFIG_FILE
+DATASET_FILE = workdir_lib.DATASET_FILE
 # Submodules of the sequence models before they were named: checkpoints written
 # then are mapped onto the new names when loaded.
 LEGACY_NAMES = {"Embed_0": "embed", "LSTM_0": "lstm", "Dense_0": "head"}
@@ -116,11 +119,15 @@ def load_run(workdir: str, step: int | None = None) -> Run:
       `step`), or a config that the current code cannot rebuild.
   """
   workdir = os.path.abspath(workdir)
-  config = ConfigView(_read_json(workdir, CONFIG_FILE, missing=(
-      "it is not a resnet_ln workdir (train.py writes config.json there); check --workdir")))
+  _read_json(workdir, CONFIG_FILE, missing=(
+      "it is not a resnet_ln workdir (train.py writes config.json there); check --workdir"))
   record = _read_json(workdir, DATASET_FILE, missing=(
       "the run predates dataset.json: rerun the same train.py command once on this workdir "
       "(it writes dataset.json and re-evaluates the last checkpoint without training further)"))
+  step = _checkpoint_step(workdir, step)
+  # The config in effect at that step: a rerun with changed fields records them beside.
+  config_path = os.path.relpath(workdir_lib.config_file(workdir, step), workdir)
+  config = ConfigView(_read_json(workdir, config_path, missing="it was just listed"))
   info = _dataset_info(record, workdir)
   try:
     model = build.create_model(config, info)
@@ -129,7 +136,6 @@ def load_run(workdir: str, step: int | None = None) -> Run:
                    f"version of resnet_ln: {e}") from None
   if hasattr(model, "axis_name"):
     model = model.clone(axis_name=None)
-  step = _checkpoint_step(workdir, step)
   variables = _matching_variables(model, info, checkpoint.load_variables(workdir, step),
                                   workdir, step)
   normalization = record.get("normalization", {})

@@ -37,7 +37,8 @@ def define_flags() -> None:
 
 def sample_text(run: Run, prompt: str, length: int, temperature: float = 0.8, top_k: int = 0,
                 seed: int = 0, stream: BinaryIO | None = None) -> bytes:
-  """`length` bytes continuing `prompt`, written to `stream` as they come when given.
+  """`length` bytes continuing `prompt`; the prompt, then each byte as it comes, are
+  written to `stream` when given.
 
   Raises:
     cli.UsageError: not a language model run, an empty prompt, or a bad length,
@@ -50,14 +51,20 @@ def sample_text(run: Run, prompt: str, length: int, temperature: float = 0.8, to
   prompt_ids = np.frombuffer(prompt.encode("utf-8"), np.uint8).astype(np.int32)
   if prompt_ids.size == 0:
     raise cli.UsageError("--prompt is empty: give at least one character to continue.")
-  if length < 0 or temperature < 0 or not 0 <= top_k <= run.info.num_classes:
-    raise cli.UsageError(f"--length={length}, --temperature={temperature} and --top_k={top_k} "
-                         f"must be >= 0 (top_k at most the vocabulary, {run.info.num_classes}).")
+  for flag, value, ok, allowed in (
+      ("length", length, length >= 0, ">= 0"),
+      ("temperature", temperature, temperature >= 0, ">= 0 (0: the most likely byte)"),
+      ("top_k", top_k, 0 <= top_k <= run.info.num_classes,
+       f"in [0, {run.info.num_classes}] (0: all bytes; at most the vocabulary)")):
+    if not ok:
+      raise cli.UsageError(f"--{flag}={value} is invalid: must be {allowed}.")
 
   def write(tokens: np.ndarray) -> None:
     stream.write(bytes([int(tokens[0])]))
     stream.flush()
 
+  if stream is not None:
+    stream.write(prompt.encode("utf-8"))
   tokens = generate(run.model, run.variables, prompt_ids[None], length,
                     jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
                     on_tokens=write if stream is not None else None)
@@ -70,7 +77,6 @@ def main(argv: list[str]) -> None:
     raise cli.UsageError(f"unexpected arguments {argv[1:]}; see --help.")
   run = load_run(FLAGS.workdir, FLAGS.step)
   out = sys.stdout.buffer
-  out.write(FLAGS.prompt.encode("utf-8"))
   sample_text(run, FLAGS.prompt, FLAGS.length, FLAGS.temperature, FLAGS.top_k, FLAGS.seed,
               stream=out)
   out.write(b"\n")

@@ -275,3 +275,19 @@ def test_commands_document_themselves(command):
   # absl's --help exits with status 1 (as train.py's does).
   assert f"python -m resnet_ln.{command} --workdir=DIR" in out.stdout
   assert "--workdir: The" in out.stdout
+
+
+def test_load_run_takes_the_config_in_effect_at_its_step(digits_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(digits_run, workdir)
+  history = os.path.join(workdir, "config_history")
+  os.makedirs(history, exist_ok=True)
+  with open(os.path.join(workdir, "config.json")) as f:
+    changed = json.load(f)
+  changed["learning_rate"] = 0.123
+  with open(os.path.join(history, "config_step3.json"), "w") as f:
+    json.dump(changed, f)
+  changed["learning_rate"] = 0.456
+  with open(os.path.join(history, "config_step9.json"), "w") as f:
+    json.dump(changed, f)
+  assert load_run(workdir).config.learning_rate == 0.123  # The newest checkpoint is step 3.

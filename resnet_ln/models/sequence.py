@@ -1,8 +1,8 @@
 """Sequence models on the (LayerNorm) LSTM: a character language model and a classifier.
 
-Both name their parts `embed` (CharLM), `lstm` and `head`. Checkpoints written
-before these names (Flax's `Embed_0`, `LSTM_0`, `Dense_0`) load through
-`resnet_ln.load_run`, which maps the old names (`resnet_ln.run.LEGACY_NAMES`).
+Both name their parts `embed` (CharLM), `lstm` and `head`. Checkpoints that use
+Flax's default names for them (`Embed_0`, `LSTM_0`, `Dense_0`) load through
+`resnet_ln.load_run`, which maps those names (`resnet_ln.run.LEGACY_NAMES`).
 """
 
 import dataclasses

@@ -2,7 +2,7 @@
 
 The jax-only core that the trainer, the benchmarks and `resnet_ln.load_run` share:
 it imports neither TensorFlow nor TFDS nor Orbax nor ml_collections (any config
-with attribute access will do), so it runs wherever jax and flax are installed.
+with attribute access will do), so it runs wherever jax, flax and optax are installed.
 
     info = data.get_dataset_info(config)
     model = build.create_model(config, info)

@@ -41,7 +41,6 @@ from resnet_ln.train.validation import (ConfigError, model_error, naming_memory_
                                        validate_config)
 
 
-DATASET_FILE = "dataset.json"
 # A log window that waited for input more than this share of its time is input-bound.
 INPUT_BOUND_FRACTION = 0.5
 DEFAULT_COMPILATION_CACHE = "~/.cache/resnet_ln/jax"
@@ -239,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if writer.is_primary:
       workdir_lib.record_config(workdir, config, start_step)
       # What tools need to use the run without its data: shapes, classes, normalisation.
-      with open(os.path.join(workdir, DATASET_FILE), "w") as f:
+      with open(os.path.join(workdir, workdir_lib.DATASET_FILE), "w") as f:
         json.dump(dataset_record(info), f, indent=2)
 
     dynamic_loss_scale = config.dtype == "float16"

@@ -19,19 +19,25 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
 from resnet_ln.train import signals
 
+if TYPE_CHECKING:  # `config_file` is read by `resnet_ln.load_run`, which needs no ml_collections.
+  import ml_collections
+
 LOCK_NAME = "lock"
 HEARTBEAT_S = 30.0  # How often the holder touches its lock file.
 STALE_AFTER_S = 600.0  # A lock from another host with an older heartbeat is taken over.
+# A workdir's records of the run: its first config, and what tools need of its dataset.
+CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
 HISTORY_DIR = "config_history"
 
 
@@ -226,17 +232,27 @@ def _write_json(path: str, text: str) -> None:
   os.replace(path + ".tmp", path)  # Never a half-written config.
 
 
-def record_config(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
+def config_file(workdir: str, step: int | None = None) -> str:
+  """The config in effect at `step` (the latest when None): the run's first `config.json`,
+  or the `config_history/config_step<N>.json` with the largest N <= step."""
+  history = os.path.join(workdir, HISTORY_DIR)
+  changes = {}
+  if os.path.isdir(history):
+    for name in os.listdir(history):
+      match = re.fullmatch(r"config_step(\d+)\.json", name)
+      if match and (step is None or int(match[1]) <= step):
+        changes[int(match[1])] = os.path.join(history, name)
+  return changes[max(changes)] if changes else os.path.join(workdir, CONFIG_FILE)
+
+
+def record_config(workdir: str, config: "ml_collections.ConfigDict", step: int) -> None:
   """Records `config`, in effect from `step` on, without overwriting the run's first config."""
   text = config.to_json_best_effort(indent=2)
-  original = os.path.join(workdir, "config.json")
+  original = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(original):
     _write_json(original, text)
     return
-  history = os.path.join(workdir, HISTORY_DIR)
-  recorded = [original] + ([os.path.join(history, name) for name in os.listdir(history)
-                            if name.endswith(".json")] if os.path.isdir(history) else [])
-  with open(max(recorded, key=os.path.getmtime)) as f:  # The config of the latest (re)run.
+  with open(config_file(workdir)) as f:  # The config of the latest (re)run.
     previous = _flatten(json.load(f))
   current = _flatten(json.loads(text))
   changed = [f"{name}: {previous.get(name)!r} -> {current.get(name)!r}"
@@ -244,6 +260,7 @@ def record_config(workdir: str, config: ml_collections.ConfigDict, step: int) ->
              if previous.get(name) != current.get(name)]
   if not changed:
     return
+  history = os.path.join(workdir, HISTORY_DIR)
   os.makedirs(history, exist_ok=True)
   path = os.path.join(history, f"config_step{step}.json")
   _write_json(path, text)
