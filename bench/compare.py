@@ -71,7 +71,6 @@ from bench.workloads import Options, SCHEDULE_STEPS, Workload, make_workload
 from resnet_ln.train import build
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
-from resnet_ln.train import steps
 from resnet_ln.train import tasks
 from resnet_ln.train.synthetic import synthetic_batch
 
@@ -147,11 +146,8 @@ def jax_steps(model_fn: Callable, workload: Workload, dtype: str, parallelism: s
   schedule = optimizer_lib.create_learning_rate_schedule(config, SCHEDULE_STEPS, SCHEDULE_STEPS)
   tx = optimizer_lib.create_optimizer(config, schedule)
   state = parallel.put_state(build.initial_state(config, model, workload.info, tx))
-  train_step = parallel.train_fn(functools.partial(
-      steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
-      dynamic_loss_scale=dtype == "float16"))
-  eval_step = parallel.eval_fn(functools.partial(
-      steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
+  train_step, eval_step = build.step_functions(model, tx, task, parallel,
+                                               dynamic_loss_scale=dtype == "float16")
   eval_batches = [synthetic_batch(workload.info, workload.batch_size, parallel,
                                   seed=seed + 1 + i, mask=True) for i in range(timing.NUM_BATCHES)]
   batches = [{k: v for k, v in b.items() if k != "mask"} for b in eval_batches]

@@ -6,7 +6,6 @@ in rotation, so no host data moves per step), after compilation and warm-up,
 over several windows that each end with `block_until_ready` on the state.
 """
 
-import functools
 import statistics
 import time
 from typing import Any, Callable
@@ -19,7 +18,6 @@ from bench.workloads import Options, SCHEDULE_STEPS, SEQUENCE_MODELS, Workload
 from resnet_ln.train import build
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
-from resnet_ln.train import steps
 from resnet_ln.train import tasks
 from resnet_ln.train.synthetic import synthetic_batch
 
@@ -127,9 +125,8 @@ def measure(model: nn.Module, workload: Workload, parallel: parallel_lib.Paralle
   num_devices = len(parallel.devices)
   forward_flops = lstm_forward_flops(workload)
 
-  train_step = parallel.train_fn(functools.partial(
-      steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
-      dynamic_loss_scale=dtype == "float16"))
+  train_step, eval_step = build.step_functions(model, tx, task, parallel,
+                                               dynamic_loss_scale=dtype == "float16")
   eval_batches = [synthetic_batch(workload.info, workload.batch_size, parallel,
                                   seed=options.seed + 1 + i, mask=True)
                   for i in range(NUM_BATCHES)]
@@ -152,8 +149,6 @@ def measure(model: nn.Module, workload: Workload, parallel: parallel_lib.Paralle
 
   result["eval"] = None
   if options.eval:
-    eval_step = parallel.eval_fn(functools.partial(
-        steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
     batches = eval_batches
     compiled, compile_s = _compile(eval_step, state, batches[0])
 

@@ -11,7 +11,6 @@ config.json for this evaluation (e.g. `--config.eval_batch_size=64`,
 """
 
 import ast
-import functools
 import json
 import os
 import re
@@ -27,7 +26,6 @@ from resnet_ln import data
 from resnet_ln.run import load_run
 from resnet_ln.train import build
 from resnet_ln.train import parallel as parallel_lib
-from resnet_ln.train import steps
 from resnet_ln.train import trainer
 from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import get_task
@@ -127,8 +125,7 @@ def evaluate_run(workdir: str, step: int | None = None, split: str | None = None
                      batch_stats=variables.get("batch_stats", {}), opt_state=(),
                      rng=np.zeros(2, np.uint32), loss_scale=np.float32(1.0),
                      good_steps=np.int32(0), skipped_steps=np.int32(0))
-  eval_step_fn = parallel.eval_fn(functools.partial(
-      steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
+  _, eval_step_fn = build.step_functions(model, None, task, parallel)
   metrics = trainer.evaluate(eval_step_fn, parallel.put_state(state), config, parallel, task)
   record = {"step": run.step, "split": info.eval_split, **metrics}
   path = os.path.join(run.workdir, "eval",

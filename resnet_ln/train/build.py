@@ -10,7 +10,8 @@ with attribute access will do), so it runs wherever jax, flax and optax are inst
     host_state = build.initial_state(config, model, info, tx)
 """
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Callable
 
 import flax.linen as nn
 import jax
@@ -21,7 +22,7 @@ from resnet_ln.models import get_model
 from resnet_ln.train import parallel
 from resnet_ln.train import steps
 from resnet_ln.train.state import TrainState, create_train_state
-from resnet_ln.train.tasks import get_task
+from resnet_ln.train.tasks import Task, get_task
 
 if TYPE_CHECKING:
   import ml_collections
@@ -67,3 +68,26 @@ def training_length(config: "ml_collections.ConfigDict", info: "DatasetInfo") ->
   if config.num_train_steps > 0:
     return steps_per_epoch, config.num_train_steps
   return steps_per_epoch, int(round(config.num_epochs * steps_per_epoch))
+
+
+def step_functions(model: nn.Module, tx: optax.GradientTransformation | None, task: Task,
+                   parallelism: parallel.Parallelism, *, dynamic_loss_scale: bool = False,
+                   skip_nonfinite: bool = False,
+                   batch_stats_mask: object = None) -> tuple[Callable, Callable]:
+  """The trainer's `steps.train_step` and `steps.eval_step` for `model`, on every device.
+
+  Args:
+    tx: the optimiser (None when only the eval step is used).
+    parallelism: pmap or shard_map, over which devices.
+    dynamic_loss_scale, skip_nonfinite, batch_stats_mask: see `steps.train_step`.
+
+  Returns:
+    (train_step_fn(state, batch) -> (state, metrics), eval_step_fn(state, batch) -> metrics).
+  """
+  train_step_fn = parallelism.train_fn(functools.partial(
+      steps.train_step, model=model, tx=tx, task=task, axis_name=parallel.AXIS,
+      dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=skip_nonfinite,
+      batch_stats_mask=batch_stats_mask))
+  eval_step_fn = parallelism.eval_fn(functools.partial(
+      steps.eval_step, model=model, task=task, axis_name=parallel.AXIS))
+  return train_step_fn, eval_step_fn

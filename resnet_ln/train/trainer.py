@@ -6,7 +6,6 @@ device work is in `steps.py`; this file holds the side effects.
 """
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -31,7 +30,6 @@ from resnet_ln.train import checkpoint as checkpoint_lib
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
 from resnet_ln.train import signals
-from resnet_ln.train import steps
 from resnet_ln.train import warm_start
 from resnet_ln.train import workdir as workdir_lib
 from resnet_ln.train.metrics import MetricWriter, Stopwatch, TrainWindow
@@ -246,12 +244,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # float16's loss scaling does so (halving the scale) on every overflow;
     # otherwise a non-finite step stops the run.
     nonfinite_is_error = not (config.skip_nonfinite or dynamic_loss_scale)
-    train_step_fn = parallel.train_fn(functools.partial(
-        steps.train_step, model=model, tx=tx, task=task, axis_name=parallel_lib.AXIS,
-        dynamic_loss_scale=dynamic_loss_scale, skip_nonfinite=config.skip_nonfinite,
-        batch_stats_mask=batch_stats_mask))
-    eval_step_fn = parallel.eval_fn(functools.partial(
-        steps.eval_step, model=model, task=task, axis_name=parallel_lib.AXIS))
+    train_step_fn, eval_step_fn = build.step_functions(
+        model, tx, task, parallel, dynamic_loss_scale=dynamic_loss_scale,
+        skip_nonfinite=config.skip_nonfinite, batch_stats_mask=batch_stats_mask)
     train_batches = parallel.prefetch(data.create_train_iterator(config, start_step=start_step))
 
     # --- Step, log, evaluate, checkpoint. ---
