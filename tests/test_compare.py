@@ -68,11 +68,11 @@ def test_torch_ln_lstm_char_lm_computes_resnet_ln_char_lm():
   expected = model.apply({"params": params}, jnp.asarray(tokens))
 
   t = lambda x: torch.tensor(np.asarray(x))
-  cell = params["LSTM_0"]["layer_0"]
+  cell = params["lstm"]["layer_0"]
   network = torch_reference.char_lm(kwargs)
   layer = network.lstm[0]
   with torch.no_grad():
-    network.embed.weight.copy_(t(params["Embed_0"]["embedding"]))
+    network.embed.weight.copy_(t(params["embed"]["embedding"]))
     layer.weight_ih.copy_(t(cell["input_proj"]["kernel"]).T)
     layer.weight_hh.copy_(t(cell["recurrent_proj"]["kernel"]).T)
     layer.bias.copy_(t(cell["gate_bias"]))
@@ -81,8 +81,8 @@ def test_torch_ln_lstm_char_lm_computes_resnet_ln_char_lm():
       norm.bias.copy_(t(source["bias"]))
     layer.ln_c.weight.copy_(t(cell["cell_scale"]))
     layer.ln_c.bias.copy_(t(cell["cell_bias"]))
-    network.proj.weight.copy_(t(params["Dense_0"]["kernel"]).T)
-    network.proj.bias.copy_(t(params["Dense_0"]["bias"]))
+    network.proj.weight.copy_(t(params["head"]["kernel"]).T)
+    network.proj.bias.copy_(t(params["head"]["bias"]))
     got = network(torch.tensor(tokens, dtype=torch.long)).numpy()
   np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-4, atol=1e-4)
 
