@@ -67,12 +67,9 @@ from bench import cudnn
 from bench import host
 from bench import tables
 from bench import timing
-from bench.workloads import Options, SCHEDULE_STEPS, Workload, make_workload
+from bench.workloads import Options, Workload, make_workload
 from resnet_ln.train import build
-from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import parallel as parallel_lib
-from resnet_ln.train import tasks
-from resnet_ln.train.synthetic import synthetic_batch
 
 OURS = "resnet_ln"
 
@@ -140,21 +137,13 @@ class FlaxLSTMCharLM(nn.Module):
 def jax_steps(model_fn: Callable, workload: Workload, dtype: str, parallelism: str, seed: int):
   """(train(n), evaluate(n)) of the trainer's steps on `model_fn(config)`, as `timing.measure` builds them."""
   parallel = parallel_lib.create_parallelism(parallelism, 1)
-  config = workload.config(dtype, seed)
-  model = model_fn(config)
-  task = tasks.get_task(workload.info.task)
-  schedule = optimizer_lib.create_learning_rate_schedule(config, SCHEDULE_STEPS, SCHEDULE_STEPS)
-  tx = optimizer_lib.create_optimizer(config, schedule)
-  state = parallel.put_state(build.initial_state(config, model, workload.info, tx))
-  train_step, eval_step = build.step_functions(model, tx, task, parallel,
-                                               dynamic_loss_scale=dtype == "float16")
-  eval_batches = [synthetic_batch(workload.info, workload.batch_size, parallel,
-                                  seed=seed + 1 + i, mask=True) for i in range(timing.NUM_BATCHES)]
-  batches = [{k: v for k, v in b.items() if k != "mask"} for b in eval_batches]
+  setup = timing.trainer_steps(model_fn(workload.config(dtype, seed)), workload, parallel,
+                               dtype, seed)
+  state, batches, eval_batches = setup.state, setup.batches, setup.eval_batches
   # Compiled ahead of time, as `timing.measure` does: a jitted pmap would compile a
   # second time when it first meets a state it returned itself.
-  train_step = train_step.lower(state, batches[0]).compile()
-  eval_step = eval_step.lower(state, eval_batches[0]).compile()
+  train_step = setup.train_step.lower(state, batches[0]).compile()
+  eval_step = setup.eval_step.lower(state, eval_batches[0]).compile()
   position = 0
 
   def train(n):

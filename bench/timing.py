@@ -6,6 +6,7 @@ in rotation, so no host data moves per step), after compilation and warm-up,
 over several windows that each end with `block_until_ready` on the state.
 """
 
+import dataclasses
 import statistics
 import time
 from typing import Any, Callable
@@ -111,27 +112,51 @@ def _figures(times, options, workload, compiled, compile_s, num_devices, forward
   return figures
 
 
-def measure(model: nn.Module, workload: Workload, parallel: parallel_lib.Parallelism,
-            options: Options, dtype: str) -> dict[str, Any]:
-  """Trains (and evaluates) `model` on synthetic device batches; the timed figures."""
-  config = workload.config(dtype, options.seed)
+@dataclasses.dataclass
+class TrainerSteps:
+  """The trainer's state, steps and synthetic device batches for one workload.
+
+  Attributes:
+    state: the initial train state, placed on the devices.
+    train_step, eval_step: `build.step_functions` (not compiled yet).
+    batches: train batches (inputs and labels), `NUM_BATCHES` in rotation.
+    eval_batches: the same batches with eval's `mask` of ones.
+    num_params: the model's parameters.
+  """
+
+  state: Any
+  train_step: Callable
+  eval_step: Callable
+  batches: list[dict[str, jax.Array]]
+  eval_batches: list[dict[str, jax.Array]]
+  num_params: int
+
+
+def trainer_steps(model: nn.Module, workload: Workload, parallel: parallel_lib.Parallelism,
+                  dtype: str, seed: int) -> TrainerSteps:
+  """What `train.py` builds for `workload` (its config, optimiser and state), on synthetic data."""
+  config = workload.config(dtype, seed)
   task = tasks.get_task(workload.info.task)
   schedule = optimizer_lib.create_learning_rate_schedule(config, SCHEDULE_STEPS, SCHEDULE_STEPS)
   tx = optimizer_lib.create_optimizer(config, schedule)
-  host_state = build.initial_state(config, model, workload.info, tx)
-  num_params = sum(x.size for x in jax.tree.leaves(host_state.params))
-  state = parallel.put_state(host_state)
-  del host_state
-  num_devices = len(parallel.devices)
-  forward_flops = lstm_forward_flops(workload)
-
+  state = parallel.put_state(build.initial_state(config, model, workload.info, tx))
   train_step, eval_step = build.step_functions(model, tx, task, parallel,
                                                dynamic_loss_scale=dtype == "float16")
   eval_batches = [synthetic_batch(workload.info, workload.batch_size, parallel,
-                                  seed=options.seed + 1 + i, mask=True)
-                  for i in range(NUM_BATCHES)]
+                                  seed=seed + 1 + i, mask=True) for i in range(NUM_BATCHES)]
   batches = [{k: v for k, v in b.items() if k != "mask"} for b in eval_batches]
-  compiled, compile_s = _compile(train_step, state, batches[0])
+  return TrainerSteps(state, train_step, eval_step, batches, eval_batches,
+                      parallel.num_params(state.params))
+
+
+def measure(model: nn.Module, workload: Workload, parallel: parallel_lib.Parallelism,
+            options: Options, dtype: str) -> dict[str, Any]:
+  """Trains (and evaluates) `model` on synthetic device batches; the timed figures."""
+  setup = trainer_steps(model, workload, parallel, dtype, options.seed)
+  state, batches, eval_batches = setup.state, setup.batches, setup.eval_batches
+  num_devices = len(parallel.devices)
+  forward_flops = lstm_forward_flops(workload)
+  compiled, compile_s = _compile(setup.train_step, state, batches[0])
   position = 0
 
   def run_train(n):
@@ -142,7 +167,7 @@ def measure(model: nn.Module, workload: Workload, parallel: parallel_lib.Paralle
     return state
 
   times = _time_windows(run_train, options)
-  result = {"num_params": int(num_params),
+  result = {"num_params": int(setup.num_params),
             "train": _figures(times, options, workload, compiled, compile_s, num_devices,
                               forward_flops, 3)}
   del batches, compiled
@@ -150,7 +175,7 @@ def measure(model: nn.Module, workload: Workload, parallel: parallel_lib.Paralle
   result["eval"] = None
   if options.eval:
     batches = eval_batches
-    compiled, compile_s = _compile(eval_step, state, batches[0])
+    compiled, compile_s = _compile(setup.eval_step, state, batches[0])
 
     def run_eval(n):
       return [compiled(state, batches[i % len(batches)]) for i in range(n)]

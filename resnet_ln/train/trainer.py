@@ -260,10 +260,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stopwatch.seconds["setup"] = time.perf_counter() - stopwatch.start
     try:
       while step < num_train_steps:
-        with stopwatch("waiting_for_input"):
-          start = time.perf_counter()
-          batch = next(train_batches)
-          window.input_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        batch = next(train_batches)
+        waited = time.perf_counter() - start  # For the run's total and the log window's.
+        stopwatch.seconds["waiting_for_input"] += waited
+        window.input_seconds += waited
         profile.before_step(step)
         if step == start_step:
           # The first call compiles the step (or finds it in the persistent
