@@ -13,10 +13,11 @@ each example exactly as an uninterrupted one would.
 from collections.abc import Sequence
 
 from resnet_ln.data.cpu_tensorflow import tf
+from resnet_ln.models import IMAGENET_MEAN, IMAGENET_STD
 
 # Mean and standard deviation per channel, in [0, 1] pixel units.
 NORMALIZATION = {
-    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet2012": (IMAGENET_MEAN, IMAGENET_STD),  # What torchvision's weights expect.
     # The std over all pixels. The often-copied (0.2023, 0.1994, 0.2010) is the
     # mean of the per-image stds, about 20% too small.
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
