@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_ln.models.convolution import conv_general_dilated
+from resnet_ln.models.convolution import subsample
 from resnet_ln.models.registry import register_model
 from resnet_ln.models.registry import register_model_family
 
@@ -34,19 +36,6 @@ NORMS = ("batch", "layer", "group", None)
 def _no_norm(**unused_kwargs) -> Callable[[jax.Array], jax.Array]:
   """The `norm` of a net without normalisation: the identity."""
   return lambda x: x
-
-
-def _subsample(x: jax.Array, strides: int) -> jax.Array:
-  """Every `strides`-th pixel of NHWC `x`, as a strided convolution samples them.
-
-  `lax.slice` gives the output size as (size - 1) // strides + 1, the form XLA's
-  convolutions use, so `jax.export` with symbolic image sizes can match the
-  shortcut to the residual branch; `x[:, ::s, ::s]` computes an equal size it
-  cannot prove equal.
-  """
-  if strides == 1:
-    return x
-  return jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, strides, strides, 1))
 
 
 class ResNetBlock(nn.Module):
@@ -98,7 +87,7 @@ class ResNetBlock(nn.Module):
       x = self.conv(filters, (1, 1), self.strides, padding=0, name="proj_conv")(x)
       x = self.norm(name="proj_norm")(x)
     else:
-      x = _subsample(x, self.strides)
+      x = subsample(x, (self.strides, self.strides))
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, filters - x.shape[-1])))
     return self.act(branch + x)
 
@@ -292,6 +281,7 @@ class ResNet(nn.Module):
     conv = functools.partial(
         nn.Conv,
         use_bias=self.norm is None,
+        conv_general_dilated=conv_general_dilated,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
         dtype=self.dtype,
         param_dtype=self.param_dtype,
