@@ -18,6 +18,9 @@ Contenders, each training the same model on the same batch with the same optimis
   resnet_ln       the trainer's own `steps.train_step` / `eval_step` under its pmap
                   (or shard_map) wrapper, with the model and optimiser the trainer
                   builds from a real config (`bench.workloads`)
+  xla_conv        the same resnet_ln step with every convolution XLA's own
+                  (`lax.conv_general_dilated`), CPU only: what the CPU path of
+                  `resnet_ln.models.convolution` (1x1 kernels as matmuls) gains
   flax_lstm       char LM on `nn.RNN(nn.OptimizedLSTMCell)`, flax's own LSTM, in the
                   same trainer step (plain LSTM workload)
   jax_cudnn       char LM on `jax.experimental.rnn`'s cuDNN LSTM (`bench.cudnn`),
@@ -45,6 +48,7 @@ unless set): spinning threads stall every step on a shared host.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -62,12 +66,14 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from bench import cudnn
 from bench import host
 from bench import tables
 from bench import timing
 from bench.workloads import Options, Workload, make_workload
+from resnet_ln.models import resnet
 from resnet_ln.train import build
 from resnet_ln.train import parallel as parallel_lib
 
@@ -229,6 +235,24 @@ def torch_steps(workload: Workload, dtype: str, seed: int, compile_model: bool =
   return train, evaluate
 
 
+@contextlib.contextmanager
+def xla_convolutions():
+  """The ResNets built meanwhile run every convolution as `lax.conv_general_dilated`."""
+  chosen = resnet.conv_general_dilated
+  resnet.conv_general_dilated = lax.conv_general_dilated
+  try:
+    yield
+  finally:
+    resnet.conv_general_dilated = chosen
+
+
+def xla_convolution_steps(model_fn: Callable, workload: Workload, dtype: str, parallelism: str,
+                          seed: int):
+  """`jax_steps` of the ResNet with XLA's convolution throughout (traced and compiled here)."""
+  with xla_convolutions():
+    return jax_steps(model_fn, workload, dtype, parallelism, seed)
+
+
 def contenders(workload: Workload, dtype: str, parallelism: str, seed: int,
                torch_compile: str) -> list[Contender]:
   """Every implementation of `workload` to time on this device (some recorded as skipped)."""
@@ -249,6 +273,11 @@ def contenders(workload: Workload, dtype: str, parallelism: str, seed: int,
     result.append(Contender("torch_compile", "torch", f"the same under torch.compile, {where}",
                             None if compile_skip else functools.partial(
                                 torch_build, compile_model=True), compile_skip))
+    if jax.default_backend() == "cpu":
+      result.append(Contender("xla_conv", "jax", f"resnet_ln {workload.model}, the same step "
+                              f"with XLA's convolution for every layer, {dtype}",
+                              lambda: xla_convolution_steps(ours, workload, dtype, parallelism,
+                                                            seed)))
     return result
 
   kwargs = workload.model_kwargs

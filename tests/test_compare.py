@@ -111,6 +111,7 @@ def test_compare_times_both_frameworks_in_every_round_and_records_ratios(tmp_pat
   # Not available on a CPU: recorded as skipped, with the reason.
   assert results["char_lm_lnlstm"]["contenders"]["jax_cudnn"]["status"] == "skipped"
   assert results["cifar_resnet20"]["contenders"]["torch_compile"]["status"] == "skipped"
+  assert results["cifar_resnet20"]["contenders"]["xla_conv"]["status"] == "ok"  # CPU only.
   text = report.render(report.load_results(str(tmp_path)), "intro\n")
   assert "## Benchmark: compare" in text and "ours_over_theirs_train" in text
 
@@ -155,3 +156,25 @@ def test_a_framework_that_cannot_build_is_recorded_and_skipped(tmp_path, monkeyp
 def test_unknown_workload_is_refused_with_the_choices():
   with pytest.raises(SystemExit):
     compare.parse_args(["--workloads", "resnet51"])
+
+
+def _convolutions(model, images):
+  """How many convolutions the lowered train-mode gradient of `model` has."""
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, images, train=True,
+                            mutable=["batch_stats"])
+    return logits.sum()
+
+  return jax.jit(jax.grad(loss)).lower(variables["params"]).as_text().count("stablehlo.convolution")
+
+
+def test_xla_conv_contender_runs_every_convolution_as_xla_convolution():
+  model = get_model("resnet18", num_classes=3)  # Three 1x1 projection shortcuts.
+  images = jnp.ones((2, 32, 32, 3))
+  ours = _convolutions(model, images)
+  with compare.xla_convolutions():
+    xla = _convolutions(model, images)
+  assert _convolutions(model, images) == ours  # Restored on exit.
+  assert xla > ours  # Each 1x1 convolution and its gradients are matmuls in ours, not in xla.

@@ -56,8 +56,17 @@ def subsample(x: jax.Array, strides: Sequence[int]) -> jax.Array:
 
 def _pointwise_matmul(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
                       precision) -> jax.Array:
-  """A 1x1 convolution of NHWC `lhs` with [1, 1, C, O] `rhs` as a matmul."""
-  return lax.dot_general(subsample(lhs, strides), rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+  """A 1x1 convolution of NHWC `lhs` with [1, 1, C, O] `rhs` as a 2-D matmul.
+
+  The operands are flattened to [N*H*W, C] first: XLA:CPU then computes the weight
+  gradient [N*H*W, C]^T @ [N*H*W, O] as one GEMM on them, where the same product over
+  the 4-D arrays first copies an operand into a transposed layout.
+  """
+  x = subsample(lhs, strides)
+  n, h, w, c = x.shape
+  y = lax.dot_general(x.reshape(n * h * w, c), rhs[0, 0], (((1,), (0,)), ((), ())),
+                      precision=precision)
+  return y.reshape(n, h, w, rhs.shape[-1])
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
