@@ -9,10 +9,12 @@
 
 `lnlstm` trains `configs/charlm.py:lnlstm` and `:lstm` (the same model, data,
 seed and steps, LayerNorm or not) on `pydoc_topics` and plots validation bits
-per character against steps. `degradation` trains CIFAR-style ResNet-20/56 and
-plain-20/56 on `digits` with the paper's initialisation (no zero-initialised
-residual branches) and plots the training error: the plain net degrades with
-depth, the residual net of equal depth does not.
+per character against steps. `degradation` trains CIFAR-style ResNet-20/56/110
+and plain-20/56/110 on `digits` with `configs/cifar.py`'s recipe (the paper's
+initialisation: no zero-initialised residual branches) compressed to a short
+schedule, the 110-layer nets warming up at a tenth of the rate as in the paper,
+and plots the training error against steps (the paper's Figure 6); a net whose
+loss becomes non-finite is reported as diverged.
 
 Each run trains in its own `--workdir/NAME` (rerunning resumes, or just
 re-evaluates a finished run); the plot goes to `--plot` (default: docs/) and
@@ -197,6 +199,30 @@ def invariances(args: argparse.Namespace) -> int:
 # --- Trained claims: LN-LSTM vs LSTM, degradation ------------------------------------------------
 
 
+def short_cifar_config(arg: str, steps: int, batch_size: int, image_size: int | None = None):
+  """configs/cifar.py:ARG (e.g. 'resnet110') on digits, its 64k-iteration schedule compressed
+  to `steps` of `batch_size`; image_size None keeps the digits' 8x8.
+
+  The paper's divisions by 10 at 50% and 75% of training; ResNet-110 and deeper first warm
+  up at a tenth of the rate (the paper: 0.01 for 400 of 64k iterations) for 5% of the steps.
+  """
+  config = cifar.get_config(arg)
+  config.dataset = "digits"
+  config.image_size = image_size
+  config.batch_size = batch_size
+  config.lr_base_batch_size = 128  # The paper's 0.1 is for batch 128: scaled linearly.
+  config.num_train_steps = steps
+  halfway, late = steps // 2, (3 * steps) // 4
+  if config.learning_rate < 0.1:  # configs/cifar.py starts the warm-up nets at 0.01.
+    config.lr_boundaries = (max(steps // 20, 1), halfway, late)
+  else:
+    config.lr_boundaries = (halfway, late)
+  config.log_every_steps = 10
+  config.eval_every_steps = steps
+  config.checkpoint_every_steps = steps
+  return config
+
+
 def lnlstm_runs(steps: int) -> dict:
   runs = {}
   for arg in charlm.ARGS:
@@ -208,21 +234,14 @@ def lnlstm_runs(steps: int) -> dict:
   return runs
 
 
-def degradation_runs(steps: int) -> dict:
-  runs = {}
-  for kind in ("plain", "resnet"):
-    for depth in (20, 56):
-      config = default.get_config()
-      config.model = f"cifar_{kind}{depth}"
-      # The paper's initialisation: a plain net has no residual branch to zero.
-      config.model_kwargs.zero_init_residual = False
-      config.weight_decay = 1e-4
-      config.num_train_steps = steps
-      config.log_every_steps = 10
-      config.eval_every_steps = steps
-      config.checkpoint_every_steps = steps
-      runs[f"digits_{kind}{depth}"] = config
-  return runs
+DEGRADATION_NETS = tuple(f"{kind}{depth}" for kind in ("plain", "resnet")
+                         for depth in (20, 56, 110))
+
+
+def degradation_runs(steps: int, batch_size: int) -> dict:
+  """configs/cifar.py on digits at their own 8x8, the schedule compressed to `steps`."""
+  return {f"digits_{arg}": short_cifar_config(arg, steps, batch_size)
+          for arg in DEGRADATION_NETS}
 
 
 def read_metrics(workdir: str, split: str) -> dict[int, dict]:
@@ -249,22 +268,59 @@ def plot_lnlstm(results: dict, path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
+def training_error(records: dict[int, dict]) -> tuple[list[int], list[float]]:
+  """Steps and training error (%) of a run's train records: each the mean over its log window."""
+  steps = sorted(records)
+  return steps, [100 * (1 - records[s]["accuracy"]) for s in steps]
+
+
 def plot_degradation(results: dict, path: str) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   for ax, kind in zip(axes, ("plain", "resnet")):
-    for depth, style in ((20, "--"), (56, "-")):
+    for depth, style in ((20, ":"), (56, "--"), (110, "-")):
       result = results[f"digits_{kind}{depth}"]
-      steps = sorted(result["train"])
-      ax.plot(steps, [100 * (1 - result["train"][s]["accuracy"]) for s in steps], style,
-              label=f"{kind}-{depth} (test accuracy {result['final']['accuracy']:.3f})")
-    ax.set(xlabel="step", title=f"{'Plain' if kind == 'plain' else 'Residual'} nets on digits")
+      if "diverged" in result:  # Its curve up to the non-finite step, ending in a cross.
+        label, marker = f"{kind}-{depth} (diverged)", dict(marker="x", markevery=[-1])
+      else:
+        label, marker = f"{kind}-{depth} (test accuracy {result['final']['accuracy']:.3f})", {}
+      ax.plot(*training_error(result["train"]), style, label=label, **marker)
+    warmup_end = results[f"digits_{kind}110"]["config"].lr_boundaries[0]
+    ax.axvline(warmup_end, color="gray", lw=0.8, alpha=0.5)
+    ax.set(xlabel=f"step (gray: end of the 110-layer net's warm-up at step {warmup_end})",
+           title=f"{'Plain' if kind == 'plain' else 'Residual'} nets on digits")
     # Logarithmic above 1%, linear below: a training error of exactly 0 stays on the plot.
     ax.set_yscale("symlog", linthresh=1.0)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower left")  # Below the deep nets' curves, left of the 20's.
   axes[0].set_ylabel("training error (%)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+
+
+def degradation(args: argparse.Namespace) -> int:
+  steps, batch_size = args.steps or 500, args.batch_size or 64
+  # Plain-110 may not train at all: a non-finite loss is reported, not raised.
+  results = train_runs(degradation_runs(steps, batch_size), args.workdir, allow_nonfinite=True)
+  path = plot_path(args)
+  plot_degradation(results, path)
+  rows = []
+  for name, result in results.items():
+    net = name.removeprefix("digits_").replace("resnet", "ResNet-").replace("plain", "plain-")
+    _, errors = training_error(result["train"])
+    if "diverged" in result:
+      rows.append([net, "diverged", f"{errors[-1]:.1f}" if errors else "-", "-", "-"])
+      continue
+    last_train = result["train"][max(result["train"])]
+    rows.append([net, str(result["final"]["step"]), f"{errors[-1]:.1f}",
+                 f"{last_train['loss']:.3f}", f"{result['final']['accuracy']:.3f}"])
+  print(markdown_table(["net", "steps", "final training error (%)", "final train loss",
+                        "test accuracy"], rows))
+  for name, result in results.items():
+    if "diverged" in result:
+      print(f"\n{name}: {result['diverged']}")
+  print(f"\n{steps} steps of {batch_size}; training error: the mean over the last "
+        f"{results['digits_resnet20']['config'].log_every_steps} steps' batches. Plot: {path}")
+  return 0
 
 
 RESPONSE_NETS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
@@ -272,26 +328,8 @@ RESPONSE_NETS = ("plain20", "plain56", "resnet20", "resnet56", "resnet110")
 
 def responses_runs(steps: int, batch_size: int) -> dict:
   """configs/cifar.py on digits at 32x32, its step schedule compressed to `steps`."""
-  runs = {}
-  for arg in RESPONSE_NETS:
-    config = cifar.get_config(arg)
-    config.dataset = "digits"
-    config.image_size = 32
-    config.batch_size = batch_size
-    config.lr_base_batch_size = 128  # The paper's 0.1 is for batch 128: scaled linearly.
-    config.num_train_steps = steps
-    # The paper's divisions by 10 at 50% and 75% of training; ResNet-110 first warms up
-    # at a tenth of the rate (the paper: 0.01 for 400 of 64k iterations) for 5%.
-    halfway, late = steps // 2, (3 * steps) // 4
-    if config.learning_rate < 0.1:
-      config.lr_boundaries = (max(steps // 20, 1), halfway, late)
-    else:
-      config.lr_boundaries = (halfway, late)
-    config.log_every_steps = 10
-    config.eval_every_steps = steps
-    config.checkpoint_every_steps = steps
-    runs[f"digits32_{arg}"] = config
-  return runs
+  return {f"digits32_{arg}": short_cifar_config(arg, steps, batch_size, image_size=32)
+          for arg in RESPONSE_NETS}
 
 
 def held_out_images(config) -> np.ndarray:
@@ -540,7 +578,10 @@ def train_runs(runs: dict, workdir: str, allow_nonfinite: bool = False) -> dict:
     except train.NonFiniteError as error:
       if not allow_nonfinite:
         raise
-      results[name] = {"diverged": str(error), "config": config}
+      # Its train records up to the non-finite step, if it logged any.
+      logged = os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+      results[name] = {"diverged": str(error), "config": config,
+                       "train": read_metrics(run_dir, "train") if logged else {}}
       continue
     evals = read_metrics(run_dir, "eval")
     results[name] = {"train": read_metrics(run_dir, "train"), "eval": evals,
@@ -554,27 +595,22 @@ def plot_path(args: argparse.Namespace) -> str:
   return path
 
 
-def lnlstm_or_degradation(args: argparse.Namespace) -> int:
-  if args.claim == "lnlstm":
-    runs, plot = lnlstm_runs(args.steps or 600), plot_lnlstm
-  else:
-    runs, plot = degradation_runs(args.steps or 500), plot_degradation
-  results = train_runs(runs, args.workdir)
+def lnlstm(args: argparse.Namespace) -> int:
+  results = train_runs(lnlstm_runs(args.steps or 600), args.workdir)
   path = plot_path(args)
-  plot(results, path)
-  metric = "bits_per_char" if args.claim == "lnlstm" else "accuracy"
-  print(f"\n| run | steps | final train loss | eval {metric} |\n| --- | --- | --- | --- |")
+  plot_lnlstm(results, path)
+  print("\n| run | steps | final train loss | eval bits_per_char |\n| --- | --- | --- | --- |")
   for name, result in results.items():
     last_train = result["train"][max(result["train"])]
     print(f"| {name} | {result['final']['step']} | {last_train['loss']:.4f} | "
-          f"{result['final'][metric]:.4f} |")
+          f"{result['final']['bits_per_char']:.4f} |")
   print(f"\nPlot: {path}")
   return 0
 
 
 CLAIMS = {
-    "lnlstm": lnlstm_or_degradation,
-    "degradation": lnlstm_or_degradation,
+    "lnlstm": lnlstm,
+    "degradation": degradation,
     "invariances": invariances,
     "responses": responses,
     "norms": norms,
@@ -593,7 +629,7 @@ def main(argv=None) -> int:
                       "150 responses, 400 magnitude).")
   parser.add_argument("--epochs", type=float, default=None, help="norms: epochs per run (2.5).")
   parser.add_argument("--batch-size", type=int, default=None,
-                      help="responses: the batch size (default 32).")
+                      help="responses, degradation: the batch size (default 32, 64).")
   parser.add_argument("--seed", type=int, default=0, help="invariances, magnitude: the seed.")
   args = parser.parse_args(argv)
   return CLAIMS[args.claim](args)

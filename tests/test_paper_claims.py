@@ -1,4 +1,5 @@
-"""scripts/paper_claims.py: the invariance table against the paper, and the response capture."""
+"""scripts/paper_claims.py: the invariance table against the paper, the response capture, and
+the degradation runs' definitions."""
 
 import importlib.util
 import os
@@ -116,3 +117,31 @@ def test_magnitude_task_label_is_invisible_to_the_ln_lstm_only():
     variables = model.init(jax.random.PRNGKey(1), z)
     change = np.abs(model.apply(variables, high) - model.apply(variables, low)).max()
     assert (change < 1e-4) == layer_norm, (layer_norm, change)
+
+
+def test_degradation_runs_are_plain_and_residual_nets_at_20_56_110_with_one_recipe():
+  runs = paper_claims.degradation_runs(steps=300, batch_size=128)
+  assert sorted(config.model for config in runs.values()) == sorted(
+      f"cifar_{kind}{depth}" for kind in ("plain", "resnet") for depth in (20, 56, 110))
+  for config in runs.values():
+    assert config.dataset == "digits" and config.num_train_steps == 300
+    assert not config.model_kwargs.zero_init_residual  # The paper's initialisation.
+    assert config.batch_size == 128 and config.seed == 0
+
+
+def test_only_the_110_layer_nets_warm_up_at_a_tenth_of_the_rate():
+  """0.01 for the first 5% of the steps, then the others' 0.1 and the same divisions by 10."""
+  from resnet_ln.train import optimizer  # pylint: disable=import-outside-toplevel
+
+  runs = paper_claims.degradation_runs(steps=300, batch_size=128)
+  rates = {name: [float(optimizer.create_learning_rate_schedule(config, 300, 12)(step))
+                  for step in (0, 14, 15, 149, 150, 225)]
+           for name, config in runs.items()}
+  for name, rate in rates.items():
+    expected = [0.1, 0.1, 0.1, 0.1, 0.01, 0.001]
+    if name.endswith("110"):
+      expected[:2] = [0.01, 0.01]
+    assert rate == pytest.approx(expected), name
+  # responses warms up its ResNet-110 the same way: one mechanism.
+  assert paper_claims.responses_runs(300, 128)["digits32_resnet110"].lr_boundaries == (
+      runs["digits_resnet110"].lr_boundaries)
