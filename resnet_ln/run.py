@@ -31,9 +31,6 @@ from resnet_ln.train.tasks import get_task
 
 CONFIG_FILE = workdir_lib.CONFIG_FILE
 DATASET_FILE = workdir_lib.DATASET_FILE
-# Submodules of the sequence models before they were named: checkpoints written
-# then are mapped onto the new names when loaded.
-LEGACY_NAMES = {"Embed_0": "embed", "LSTM_0": "lstm", "Dense_0": "head"}
 
 
 class RunError(ValueError):
@@ -189,14 +186,10 @@ def _checkpoint_step(workdir: str, step: int | None) -> int:
 
 def _matching_variables(model: nn.Module, info: DatasetInfo, variables: dict[str, Any],
                         workdir: str, step: int) -> dict[str, Any]:
-  """The checkpoint's variables, checked against the model's (legacy names mapped)."""
+  """The checkpoint's variables, checked against the model's."""
   dummy = jax.ShapeDtypeStruct((1, *info.example_shape), get_task(info.task).input_dtype)
   expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                             dummy)
-  params = variables["params"]
-  if set(params) != set(expected["params"]) and set(LEGACY_NAMES) & set(params):
-    variables = {collection: {LEGACY_NAMES.get(k, k): v for k, v in tree.items()}
-                 for collection, tree in variables.items()}
 
   def shapes(tree):
     return {path: tuple(leaf.shape) for path, leaf in

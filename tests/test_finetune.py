@@ -96,7 +96,8 @@ def test_a_head_for_other_classes_is_reinitialised_and_logged(tmp_path, caplog):
   save(torchvision_state_dict(config, num_classes=1000), path)
   config.init_from = str(path)
   model, host_state = fresh_state(config)
-  with caplog.at_level(logging.INFO):
+  # On absl's logger: a command run in this process before may have set it to WARNING.
+  with caplog.at_level(logging.INFO, logger="absl"):
     loaded = warm_start.load_initial_weights(config, model, host_state)
   assert "reinitialised params/head/kernel: shape (64, 1000) in source, (64, 10) in model" \
       in caplog.text

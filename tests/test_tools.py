@@ -47,15 +47,19 @@ def digits_run(tmp_path_factory):
   return workdir
 
 
+def _char_lm_config(num_train_steps=3):
+  config = charlm.get_config("lnlstm")
+  config.model_kwargs.update(features=32, embed_dim=16)
+  config.update(seq_len=32, batch_size=16, eval_batch_size=16, num_train_steps=num_train_steps,
+                eval_every_steps=0, checkpoint_every_steps=3, eval_split="validation[:5%]")
+  return config
+
+
 @pytest.fixture(scope="module")
 def char_lm_run(tmp_path_factory):
   """A 32-unit LayerNorm LSTM char_lm on pydoc_topics, 3 steps."""
-  config = charlm.get_config("lnlstm")
-  config.model_kwargs.update(features=32, embed_dim=16)
-  config.update(seq_len=32, batch_size=16, eval_batch_size=16, num_train_steps=3,
-                eval_every_steps=0, checkpoint_every_steps=3, eval_split="validation[:5%]")
   workdir = str(tmp_path_factory.mktemp("char_lm"))
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(_char_lm_config(), workdir)
   return workdir
 
 
@@ -123,6 +127,39 @@ def test_load_run_maps_the_sequence_models_old_parameter_names(char_lm_run, tmp_
   assert set(renamed.variables["params"]) == {"embed", "lstm", "head"}
   tokens = np.arange(12, dtype=np.int32).reshape(2, 6)
   np.testing.assert_array_equal(renamed.apply(tokens), run.apply(tokens))
+
+
+def _with_old_names(tree):
+  """`tree` with the sequence models' submodules under their former names."""
+  old_names = {"embed": "Embed_0", "lstm": "LSTM_0", "head": "Dense_0"}
+  if isinstance(tree, dict):
+    rename = "lstm" in tree
+    return {(old_names.get(k, k) if rename else k): _with_old_names(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_with_old_names(v) for v in tree]
+  return tree
+
+
+def test_a_run_saved_under_the_old_names_resumes_as_if_renamed(char_lm_run, tmp_path):
+  renamed, old = str(tmp_path / "renamed"), str(tmp_path / "old")
+  shutil.copytree(char_lm_run, renamed)
+  shutil.copytree(char_lm_run, old)
+  manager = checkpoint.ocp.CheckpointManager(os.path.join(old, "checkpoints"))
+  state = manager.restore(3, args=checkpoint.ocp.args.Composite(
+      state=checkpoint.ocp.args.StandardRestore())).state
+  manager.close()
+  state = _with_old_names(state)
+  # The parameters and AdamW's two momenta.
+  assert str(jax.tree_util.tree_structure(state)).count("'LSTM_0'") == 3
+  shutil.rmtree(os.path.join(old, "checkpoints"))
+  saver = checkpoint.Checkpointer(old, max_to_keep=1, asynchronous=False)
+  saver.save(3, state, _char_lm_config())
+  saver.close()
+  for workdir in (renamed, old):
+    train.train_and_evaluate(_char_lm_config(num_train_steps=5), workdir)
+  resumed = [load_run(w).variables for w in (renamed, old)]
+  assert load_run(old).step == 5
+  jax.tree.map(np.testing.assert_array_equal, resumed[0], resumed[1])
 
 
 # --- evaluate ---------------------------------------------------------------

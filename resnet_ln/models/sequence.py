@@ -1,8 +1,9 @@
 """Sequence models on the (LayerNorm) LSTM: a character language model and a classifier.
 
-Both name their parts `embed` (CharLM), `lstm` and `head`. Checkpoints that use
-Flax's default names for them (`Embed_0`, `LSTM_0`, `Dense_0`) load through
-`resnet_ln.load_run`, which maps those names (`resnet_ln.run.LEGACY_NAMES`).
+Both name their parts `embed` (CharLM), `lstm` and `head`. Checkpoints written
+when they had Flax's default names (`Embed_0`, `LSTM_0`, `Dense_0`, `LEGACY_NAMES`)
+are read under the new names by every reader of a checkpoint (resuming, `init_from`,
+`resnet_ln.load_run`).
 """
 
 import dataclasses
@@ -19,6 +20,10 @@ from resnet_ln.models.lstm import _check_rate
 from resnet_ln.models.registry import register_model
 
 Dtype = Any
+
+# The submodules' names before they were named (Flax's defaults for the first
+# Embed, LSTM and Dense), by their names now.
+LEGACY_NAMES = {"Embed_0": "embed", "LSTM_0": "lstm", "Dense_0": "head"}
 
 
 class LSTMOptions(nn.Module):

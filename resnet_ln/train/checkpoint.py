@@ -28,6 +28,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from resnet_ln.models.sequence import LEGACY_NAMES
+
 if TYPE_CHECKING:  # `load_variables` needs no ml_collections.
   import ml_collections
 
@@ -78,12 +80,18 @@ def array_digests(tree: Any) -> dict[str, str]:
   on a CPU core with SHA extensions.
   """
   digests = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+  for path, leaf in _leaves_by_path(tree).items():
     leaf = np.asarray(leaf)
     digest = hashlib.sha256(f"{leaf.dtype}{leaf.shape}".encode())
     digest.update(np.ascontiguousarray(leaf).reshape(-1).view(np.uint8))
-    digests["/".join(str(_key_name(key)) for key in path)] = digest.hexdigest()
+    digests[path] = digest.hexdigest()
   return digests
+
+
+def _leaves_by_path(tree: Any) -> dict[str, Any]:
+  """`tree`'s leaves by path ("params/head/kernel"), the same for a dataclass and its dicts."""
+  return {"/".join(str(_key_name(key)) for key in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _key_name(key: Any) -> Any:
@@ -298,9 +306,27 @@ def _restore_state(manager: ocp.CheckpointManager, path: str, step: int,
                    target: Any = None) -> Any:
   """The state of checkpoint `path` (step `step`), shaped like `target` if given, verified.
 
+  A checkpoint of a sequence model that still uses the submodules' former names
+  (`LEGACY_NAMES`) is read under the new ones.
+
   Raises:
     CheckpointError: its arrays differ from the digests recorded at its save.
   """
+  if target is None:
+    return _renamed_legacy(_restore_verified(manager, path, step, None))
+  try:
+    return _restore_verified(manager, path, step, target)
+  except CheckpointError:
+    raise
+  except Exception:
+    state = _restore_verified(manager, path, step, None)
+    if "LSTM_0" not in state.get("params", {}):  # Not the former names: the error stands.
+      raise
+    return _shaped_like(target, _renamed_legacy(state), path)
+
+
+def _restore_verified(manager: ocp.CheckpointManager, path: str, step: int, target: Any) -> Any:
+  """The saved state, shaped like `target` (nested dicts when None), checked against its digests."""
   items = {"state": ocp.args.StandardRestore(target)}
   has_digests = os.path.isdir(os.path.join(path, DIGEST_ITEM))
   if has_digests:
@@ -312,6 +338,32 @@ def _restore_state(manager: ocp.CheckpointManager, path: str, step: int,
     logging.warning("Checkpoint %s records no digests (it predates them), so its integrity "
                     "cannot be checked; restoring it as it is.", path)
   return restored.state
+
+
+def _renamed_legacy(tree: Any) -> Any:
+  """`tree` with `LEGACY_NAMES` renamed in every dict that holds the former 'LSTM_0'.
+
+  That covers the parameters and the optimiser's copies of their tree (momenta).
+  """
+  if isinstance(tree, dict):
+    rename = "LSTM_0" in tree
+    return {(LEGACY_NAMES.get(k, k) if rename else k): _renamed_legacy(v)
+            for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_renamed_legacy(v) for v in tree)
+  return tree
+
+
+def _shaped_like(target: Any, state: dict[str, Any], path: str) -> Any:
+  """`target`'s tree with the arrays of nested-dict `state` at the same paths."""
+  found = _leaves_by_path(state)
+  leaves = []
+  for name, like in _leaves_by_path(target).items():
+    if name not in found or np.shape(found[name]) != np.shape(like):
+      raise CheckpointError(f"Checkpoint {path} does not hold the state this config builds "
+                            f"({name} is missing or has another shape).")
+    leaves.append(np.asarray(found[name], dtype=np.asarray(like).dtype))
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
 
 
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
