@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 
 from resnet_ln.data.info import DatasetInfo
+from resnet_ln.models.sequence import rename_legacy
 from resnet_ln.train import build
 from resnet_ln.train import checkpoint
 from resnet_ln.train import workdir as workdir_lib
@@ -190,6 +191,7 @@ def _matching_variables(model: nn.Module, info: DatasetInfo, variables: dict[str
   dummy = jax.ShapeDtypeStruct((1, *info.example_shape), get_task(info.task).input_dtype)
   expected = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                             dummy)
+  variables = rename_legacy(variables, expected["params"])
 
   def shapes(tree):
     return {path: tuple(leaf.shape) for path, leaf in

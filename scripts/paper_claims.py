@@ -213,7 +213,7 @@ def short_cifar_config(arg: str, steps: int, batch_size: int, image_size: int | 
   config.lr_base_batch_size = 128  # The paper's 0.1 is for batch 128: scaled linearly.
   config.num_train_steps = steps
   halfway, late = steps // 2, (3 * steps) // 4
-  if config.learning_rate < 0.1:  # configs/cifar.py starts the warm-up nets at 0.01.
+  if len(config.lr_boundaries) == 3:  # configs/cifar.py's warm-up boundary (110+ layers).
     config.lr_boundaries = (max(steps // 20, 1), halfway, late)
   else:
     config.lr_boundaries = (halfway, late)
@@ -629,7 +629,8 @@ def main(argv=None) -> int:
                       "150 responses, 400 magnitude).")
   parser.add_argument("--epochs", type=float, default=None, help="norms: epochs per run (2.5).")
   parser.add_argument("--batch-size", type=int, default=None,
-                      help="responses, degradation: the batch size (default 32, 64).")
+                      help="responses, degradation: the batch size (default: responses 32, "
+                           "degradation 64).")
   parser.add_argument("--seed", type=int, default=0, help="invariances, magnitude: the seed.")
   args = parser.parse_args(argv)
   return CLAIMS[args.claim](args)

@@ -1,5 +1,6 @@
 """The ResNets' convolution: a 1x1 kernel is a matmul on CPU and XLA's convolution elsewhere."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +33,7 @@ def test_pointwise_convolution_matches_xla_with_its_gradients(strides):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-def _hlo_ops(fn, *args, platforms=("cpu",)):
+def _stablehlo_text(fn, *args, platforms=("cpu",)):
   exported = jax.export.export(jax.jit(fn), platforms=platforms)(*args)
   return exported.mlir_module()
 
@@ -41,7 +42,7 @@ def test_pointwise_train_step_on_cpu_has_no_convolution():
   x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((1, 1, 4, 6))
   ours, _ = _both(x, w, (2, 2), "VALID")
   grads = jax.grad(lambda x, w: ours(x, w).sum(), argnums=(0, 1))
-  module = _hlo_ops(grads, x, w)
+  module = _stablehlo_text(grads, x, w)
   assert "stablehlo.convolution" not in module
   assert "stablehlo.dot_general" in module
 
@@ -49,7 +50,7 @@ def test_pointwise_train_step_on_cpu_has_no_convolution():
 def test_other_platforms_keep_xla_convolution():
   x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((1, 1, 4, 6))
   ours, _ = _both(x, w, (1, 1), "VALID")
-  module = _hlo_ops(ours, x, w, platforms=("cuda",))
+  module = _stablehlo_text(ours, x, w, platforms=("cuda",))
   assert "stablehlo.convolution" in module
   assert "stablehlo.dot_general" not in module
 
@@ -59,4 +60,22 @@ def test_other_convolutions_are_xla_convolutions_on_cpu(kernel, padding):
   x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((*kernel, 4, 6))
   ours, xla = _both(x, w, (1, 1), padding)
   np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=1e-6)
-  assert "stablehlo.convolution" in _hlo_ops(ours, x, w)
+  assert "stablehlo.convolution" in _stablehlo_text(ours, x, w)
+
+
+def test_pointwise_convolution_exports_with_symbolic_batch_and_size():
+  w = jax.random.normal(jax.random.PRNGKey(0), (1, 1, 4, 6))
+  fn = lambda x: conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=NHWC)
+  shape = jax.export.symbolic_shape("b, h, w, 4")
+  exported = jax.export.export(jax.jit(fn))(jax.ShapeDtypeStruct(shape, jnp.float32))
+  x = jnp.ones((3, 9, 7, 4))
+  np.testing.assert_allclose(exported.call(x), fn(x), rtol=1e-6)
+  assert exported.out_avals[0].shape[1:] == ((shape[1] - 1) // 2 + 1, (shape[2] - 1) // 2 + 1, 6)
+
+
+def test_flax_conv_takes_the_matmul_path():
+  conv = nn.Conv(6, (1, 1), strides=2, padding=0, conv_general_dilated=conv_general_dilated)
+  x = jnp.ones((2, 8, 8, 4))
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  module = _stablehlo_text(lambda x: conv.apply(variables, x), x)
+  assert "stablehlo.convolution" not in module and "stablehlo.dot_general" in module

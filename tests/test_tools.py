@@ -23,6 +23,7 @@ from resnet_ln.data.cpu_tensorflow import tf
 from resnet_ln.evaluate import evaluate_run
 from resnet_ln import export
 from resnet_ln.predict import normalize, predict_files
+from resnet_ln.models.sequence import LEGACY_NAMES
 from resnet_ln.run import RunError
 from resnet_ln.train import checkpoint
 from resnet_ln.sample import sample_text
@@ -114,30 +115,29 @@ def test_load_run_refuses_a_config_that_does_not_build(digits_run, tmp_path):
     load_run(str(workdir))
 
 
-def test_load_run_maps_the_sequence_models_old_parameter_names(char_lm_run, tmp_path):
-  run = load_run(char_lm_run)
-  old_names = {"embed": "Embed_0", "lstm": "LSTM_0", "head": "Dense_0"}
-  for name in ("config.json", "dataset.json"):
-    shutil.copy(os.path.join(char_lm_run, name), tmp_path)
-  saver = checkpoint.Checkpointer(str(tmp_path), max_to_keep=1, asynchronous=False)
-  saver.save(3, {"params": {old_names[k]: v for k, v in run.variables["params"].items()}},
-             ml_collections.ConfigDict(run.config.to_dict()))
-  saver.close()
-  renamed = load_run(str(tmp_path))
-  assert set(renamed.variables["params"]) == {"embed", "lstm", "head"}
-  tokens = np.arange(12, dtype=np.int32).reshape(2, 6)
-  np.testing.assert_array_equal(renamed.apply(tokens), run.apply(tokens))
-
-
 def _with_old_names(tree):
   """`tree` with the sequence models' submodules under their former names."""
-  old_names = {"embed": "Embed_0", "lstm": "LSTM_0", "head": "Dense_0"}
+  old_names = {new: old for old, new in LEGACY_NAMES.items()}
   if isinstance(tree, dict):
     rename = "lstm" in tree
     return {(old_names.get(k, k) if rename else k): _with_old_names(v) for k, v in tree.items()}
   if isinstance(tree, list):
     return [_with_old_names(v) for v in tree]
   return tree
+
+
+def test_load_run_maps_the_sequence_models_old_parameter_names(char_lm_run, tmp_path):
+  run = load_run(char_lm_run)
+  for name in ("config.json", "dataset.json"):
+    shutil.copy(os.path.join(char_lm_run, name), tmp_path)
+  saver = checkpoint.Checkpointer(str(tmp_path), max_to_keep=1, asynchronous=False)
+  saver.save(3, {"params": _with_old_names(run.variables["params"])},
+             ml_collections.ConfigDict(run.config.to_dict()))
+  saver.close()
+  renamed = load_run(str(tmp_path))
+  assert set(renamed.variables["params"]) == {"embed", "lstm", "head"}
+  tokens = np.arange(12, dtype=np.int32).reshape(2, 6)
+  np.testing.assert_array_equal(renamed.apply(tokens), run.apply(tokens))
 
 
 def test_a_run_saved_under_the_old_names_resumes_as_if_renamed(char_lm_run, tmp_path):
@@ -160,6 +160,21 @@ def test_a_run_saved_under_the_old_names_resumes_as_if_renamed(char_lm_run, tmp_
   resumed = [load_run(w).variables for w in (renamed, old)]
   assert load_run(old).step == 5
   jax.tree.map(np.testing.assert_array_equal, resumed[0], resumed[1])
+
+
+def test_a_run_under_the_old_names_initialises_another(char_lm_run, tmp_path):
+  old = str(tmp_path / "old")
+  run = load_run(char_lm_run)
+  saver = checkpoint.Checkpointer(old, max_to_keep=1, asynchronous=False)
+  saver.save(3, {"params": _with_old_names(run.variables["params"])}, _char_lm_config())
+  saver.close()
+  config = _char_lm_config()
+  # A zero learning rate leaves the parameters where the source left them.
+  config.update(init_from=old, num_train_steps=1, learning_rate=0.0)
+  workdir = str(tmp_path / "new")
+  train.train_and_evaluate(config, workdir)
+  first = load_run(workdir).variables["params"]
+  jax.tree.map(np.testing.assert_array_equal, first, run.variables["params"])
 
 
 # --- evaluate ---------------------------------------------------------------

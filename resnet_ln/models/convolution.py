@@ -6,12 +6,13 @@ convolution (NHWC input, HWIO kernel, no padding or dilation, one group) runs as
 the matrix multiply it is, `[N*H*W, C] @ [C, O]` after subsampling by its stride.
 Why: XLA:CPU computes a convolution's weight gradient as another convolution
 whose operands it first transposes to put the batch last (`[C, H, W, N]`), and
-those copies cost as much as the arithmetic; as a matmul, the weight gradient is
-one GEMM. On 2 Xeon vCPUs the ResNet-50 train step is about 1.3x faster this way
-(bench/RESULTS.md). GPUs and TPUs keep XLA's convolution (cuDNN and the TPU
-compiler already run a 1x1 convolution as a GEMM): the choice is made per
-platform when the step is lowered, by `jax.lax.platform_dependent`, so a
-function exported for several platforms carries each one's own path.
+those copies cost as much as the arithmetic; as a 2-D matmul, the weight
+gradient is one GEMM. On 2 Xeon vCPUs the ResNet-50 train step takes 0.56 of the
+time this way (bench/RESULTS.md, `python -m bench.compare`'s `xla_conv`). Other
+platforms keep XLA's convolution (not measured against a matmul there): the
+choice is made per platform when the step is lowered, by
+`jax.lax.platform_dependent`, so a function exported for several platforms
+carries each one's own path.
 
 The two paths compute the same sums in a different order: they agree to float
 rounding (about 1e-6 relative in float32).
@@ -35,7 +36,7 @@ def _is_pointwise(lhs: jax.Array, rhs: jax.Array, padding, lhs_dilation, rhs_dil
   if isinstance(padding, str):
     if padding.upper() not in ("VALID", "SAME"):  # 'SAME' pads nothing for a 1x1 kernel.
       return False
-  elif any(tuple(p) != (0, 0) for p in padding):
+  elif len(padding) != 2 or any(tuple(p) != (0, 0) for p in padding):
     return False
   expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
   return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == expected

@@ -195,6 +195,10 @@ class ResNet(nn.Module):
       last (timm's schedule), and kept branches are scaled by 1 / (1 - p). It
       draws from the 'dropout' rng and adds no parameters; 0 (the default)
       turns it off and needs no rng. Residual nets only.
+    conv_general_dilated: the convolution every conv runs, with the signature of
+      `jax.lax.conv_general_dilated`; the default runs 1x1 convs as matmuls on CPU
+      (`resnet_ln.models.convolution`), `jax.lax.conv_general_dilated` leaves
+      every conv to XLA.
   """
 
   stage_sizes: Sequence[int]
@@ -212,6 +216,7 @@ class ResNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   drop_path_rate: float = 0.0
+  conv_general_dilated: Callable[..., jax.Array] = conv_general_dilated
 
   def __post_init__(self) -> None:
     # Checked when the model is built, not when it is first traced.
@@ -281,7 +286,7 @@ class ResNet(nn.Module):
     conv = functools.partial(
         nn.Conv,
         use_bias=self.norm is None,
-        conv_general_dilated=conv_general_dilated,
+        conv_general_dilated=self.conv_general_dilated,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
         dtype=self.dtype,
         param_dtype=self.param_dtype,

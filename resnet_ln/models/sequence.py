@@ -26,6 +26,31 @@ Dtype = Any
 LEGACY_NAMES = {"Embed_0": "embed", "LSTM_0": "lstm", "Dense_0": "head"}
 
 
+def rename_legacy(tree: Any, expected_params: Any) -> Any:
+  """`tree` (a checkpoint's state or variables, nested dicts) under the current names.
+
+  Renames `LEGACY_NAMES` in every dict whose keys are exactly the former top-level
+  parameter names (the parameters and the optimiser's copies of their tree), and
+  only when `expected_params` (the model's parameter tree) has the new names and
+  `tree["params"]` the old: a model that itself uses Flax's default names keeps them.
+  """
+  old = set(tree.get("params", {})) if isinstance(tree, dict) else set()
+  new = set(expected_params)
+  if "LSTM_0" not in old or old == new or {LEGACY_NAMES.get(k, k) for k in old} != new:
+    return tree
+
+  def rename(node):
+    if isinstance(node, dict):
+      names = old if set(node) == old else set()
+      return {(LEGACY_NAMES[k] if k in names and k in LEGACY_NAMES else k): rename(v)
+              for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+      return type(node)(rename(v) for v in node)
+    return node
+
+  return rename(tree)
+
+
 class LSTMOptions(nn.Module):
   """The LSTM options a sequence model declares once and hands to its `LSTM`.
 

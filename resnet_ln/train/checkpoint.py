@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from resnet_ln.models.sequence import LEGACY_NAMES
+from resnet_ln.models.sequence import rename_legacy
 
 if TYPE_CHECKING:  # `load_variables` needs no ml_collections.
   import ml_collections
@@ -306,23 +306,25 @@ def _restore_state(manager: ocp.CheckpointManager, path: str, step: int,
                    target: Any = None) -> Any:
   """The state of checkpoint `path` (step `step`), shaped like `target` if given, verified.
 
-  A checkpoint of a sequence model that still uses the submodules' former names
-  (`LEGACY_NAMES`) is read under the new ones.
+  With a `target`, a sequence model's checkpoint that still uses the submodules'
+  former names (`resnet_ln.models.sequence.LEGACY_NAMES`) is read under the new ones.
 
   Raises:
-    CheckpointError: its arrays differ from the digests recorded at its save.
+    CheckpointError: its arrays differ from the digests recorded at its save, or
+      (renamed) it does not hold `target`'s arrays.
   """
   if target is None:
-    return _renamed_legacy(_restore_verified(manager, path, step, None))
+    return _restore_verified(manager, path, step, None)
   try:
     return _restore_verified(manager, path, step, target)
   except CheckpointError:
     raise
   except Exception:
     state = _restore_verified(manager, path, step, None)
-    if "LSTM_0" not in state.get("params", {}):  # Not the former names: the error stands.
+    renamed = rename_legacy(state, target.params)
+    if renamed is state:  # Not the former names: the target's error stands.
       raise
-    return _shaped_like(target, _renamed_legacy(state), path)
+    return _shaped_like(target, renamed, path)
 
 
 def _restore_verified(manager: ocp.CheckpointManager, path: str, step: int, target: Any) -> Any:
@@ -340,30 +342,19 @@ def _restore_verified(manager: ocp.CheckpointManager, path: str, step: int, targ
   return restored.state
 
 
-def _renamed_legacy(tree: Any) -> Any:
-  """`tree` with `LEGACY_NAMES` renamed in every dict that holds the former 'LSTM_0'.
-
-  That covers the parameters and the optimiser's copies of their tree (momenta).
-  """
-  if isinstance(tree, dict):
-    rename = "LSTM_0" in tree
-    return {(LEGACY_NAMES.get(k, k) if rename else k): _renamed_legacy(v)
-            for k, v in tree.items()}
-  if isinstance(tree, (list, tuple)):
-    return type(tree)(_renamed_legacy(v) for v in tree)
-  return tree
-
-
 def _shaped_like(target: Any, state: dict[str, Any], path: str) -> Any:
-  """`target`'s tree with the arrays of nested-dict `state` at the same paths."""
-  found = _leaves_by_path(state)
-  leaves = []
-  for name, like in _leaves_by_path(target).items():
-    if name not in found or np.shape(found[name]) != np.shape(like):
-      raise CheckpointError(f"Checkpoint {path} does not hold the state this config builds "
-                            f"({name} is missing or has another shape).")
-    leaves.append(np.asarray(found[name], dtype=np.asarray(like).dtype))
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
+  """`target`'s tree with the arrays of nested-dict `state`, which must match it path by path."""
+  found, wanted = _leaves_by_path(state), _leaves_by_path(target)
+  differ = sorted(name for name in found.keys() | wanted.keys()
+                  if name not in found or name not in wanted
+                  or np.shape(found[name]) != np.shape(wanted[name])
+                  or np.asarray(found[name]).dtype != np.asarray(wanted[name]).dtype)
+  if differ:
+    raise CheckpointError(f"Checkpoint {path} does not hold the state this config builds "
+                          f"({len(differ)} arrays missing, extra or of another shape or dtype, "
+                          f"e.g. {', '.join(differ[:3])}).")
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target),
+                                      [np.asarray(found[name]) for name in wanted])
 
 
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from absl import logging
 
 from resnet_ln.models import load_pretrained
 from resnet_ln.models import merge_variables
+from resnet_ln.models.sequence import rename_legacy
 from resnet_ln.train import checkpoint as checkpoint_lib
 from resnet_ln.train.state import TrainState
 
@@ -57,8 +58,8 @@ def load_initial_weights(config: ml_collections.ConfigDict, model: nn.Module,
   try:
     if run:
       workdir, step = run
-      flat = flax.traverse_util.flatten_dict(checkpoint_lib.load_variables(workdir, step),
-                                             sep="/")
+      saved = rename_legacy(checkpoint_lib.load_variables(workdir, step), fresh["params"])
+      flat = flax.traverse_util.flatten_dict(saved, sep="/")
       variables, report = merge_variables(fresh, flat, config.init_exclude)
     elif os.path.isfile(source) and source.endswith(STATE_DICT_SUFFIXES):
       variables, report = load_pretrained(model, source, fresh, exclude=config.init_exclude)
