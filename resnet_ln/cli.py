@@ -33,7 +33,18 @@ def parse_flags(argv: list[str]) -> list[str]:
   except AttributeError as e:  # --config.FIELD for a field that the config does not have.
     reason = e.args[0].args[0] if e.args and isinstance(e.args[0], KeyError) else e
     reason = str(reason).replace("\n", ". ")
-    sys.exit(f"error: unknown config field in a --config.FIELD override: {reason}")
+    override = _override_naming(argv, reason)
+    sys.exit(f"error: unknown config field in {override or 'a --config.FIELD override'}: "
+             f"{reason}")
+
+
+def _override_naming(argv: list[str], reason: str) -> str | None:
+  """The first `--config.A.B=V` argument with the field that `reason` (KeyError text) names."""
+  field = reason.split(".")[0].strip("'\"")
+  for arg in argv:
+    if arg.startswith("--config.") and field in arg.partition("=")[0].split(".")[1:]:
+      return arg
+  return None
 
 
 def run(main: Callable[[list[str]], None],

@@ -368,8 +368,10 @@ def test_a_full_disk_is_a_clear_error_and_the_last_complete_checkpoint_stays_lat
 # ----------------------------------------------------------------------------
 @pytest.mark.parametrize("existing_workdir", [False, True], ids=["new", "existing"])
 @pytest.mark.parametrize("arguments, message", [
-    (["--config.batch_sise=32"], "unknown config field in a --config.FIELD override: "
+    (["--config.batch_sise=32"], "unknown config field in --config.batch_sise=32: "
                                  "'batch_sise'. Did you mean \"batch_size\""),
+    (["--config.model_kwargs.nosuch=3"], "unknown config field in "
+                                         "--config.model_kwargs.nosuch=3: 'nosuch'"),
     (["--config.batch_size=many"], "--config.batch_size=many"),
     (["--config.learning_rate=fast"], "--config.learning_rate=fast"),
     (["--config.augment=sometimes"], "--config.augment=sometimes"),
