@@ -146,19 +146,15 @@ def jax_steps(model_fn: Callable, workload: Workload, dtype: str, parallelism: s
   state, batches, eval_batches = setup.state, setup.batches, setup.eval_batches
   # Compiled ahead of time, as `timing.measure` does: a jitted pmap would compile a
   # second time when it first meets a state it returned itself.
-  train_step = setup.train_step.lower(state, batches[0]).compile()
+  train_loop = timing.TrainLoop(setup.train_step.lower(state, batches[0]).compile(), state,
+                                batches)
   eval_step = setup.eval_step.lower(state, eval_batches[0]).compile()
-  position = 0
 
   def train(n):
-    nonlocal state, position
-    for _ in range(n):
-      state, _ = train_step(state, batches[position % len(batches)])
-      position += 1
-    jax.block_until_ready(state)
+    jax.block_until_ready(train_loop(n))
 
   def evaluate(n):
-    jax.block_until_ready([eval_step(state, eval_batches[i % len(eval_batches)])
+    jax.block_until_ready([eval_step(train_loop.state, eval_batches[i % len(eval_batches)])
                            for i in range(n)])
 
   return train, evaluate

@@ -149,6 +149,20 @@ def trainer_steps(model: nn.Module, workload: Workload, parallel: parallel_lib.P
                       parallel.num_params(state.params))
 
 
+class TrainLoop:
+  """`loop(n)` runs n train steps from where the last call left off, the batches in
+  rotation, and returns the state (`loop.state`), not waiting for it."""
+
+  def __init__(self, step: Callable, state: Any, batches: list[dict[str, jax.Array]]):
+    self.step, self.state, self.batches, self.position = step, state, batches, 0
+
+  def __call__(self, n: int) -> Any:
+    for _ in range(n):
+      self.state, _ = self.step(self.state, self.batches[self.position % len(self.batches)])
+      self.position += 1
+    return self.state
+
+
 def measure(model: nn.Module, workload: Workload, parallel: parallel_lib.Parallelism,
             options: Options, dtype: str) -> dict[str, Any]:
   """Trains (and evaluates) `model` on synthetic device batches; the timed figures."""
@@ -157,20 +171,13 @@ def measure(model: nn.Module, workload: Workload, parallel: parallel_lib.Paralle
   num_devices = len(parallel.devices)
   forward_flops = lstm_forward_flops(workload)
   compiled, compile_s = _compile(setup.train_step, state, batches[0])
-  position = 0
-
-  def run_train(n):
-    nonlocal state, position
-    for _ in range(n):
-      state, _ = compiled(state, batches[position % len(batches)])
-      position += 1
-    return state
-
-  times = _time_windows(run_train, options)
+  train_loop = TrainLoop(compiled, state, batches)
+  times = _time_windows(train_loop, options)
   result = {"num_params": int(setup.num_params),
             "train": _figures(times, options, workload, compiled, compile_s, num_devices,
                               forward_flops, 3)}
-  del batches, compiled
+  state = train_loop.state
+  del batches, compiled, train_loop
 
   result["eval"] = None
   if options.eval:
