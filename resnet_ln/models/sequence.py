@@ -36,14 +36,13 @@ def rename_legacy(tree: Any, expected_params: Any) -> Any:
   """
   old = set(tree.get("params", {})) if isinstance(tree, dict) else set()
   new = set(expected_params)
-  if "LSTM_0" not in old or old == new or {LEGACY_NAMES.get(k, k) for k in old} != new:
+  if "LSTM_0" not in old or {LEGACY_NAMES.get(k, k) for k in old} != new:
     return tree
 
   def rename(node):
     if isinstance(node, dict):
-      names = old if set(node) == old else set()
-      return {(LEGACY_NAMES[k] if k in names and k in LEGACY_NAMES else k): rename(v)
-              for k, v in node.items()}
+      renamed = set(node) == old
+      return {(LEGACY_NAMES.get(k, k) if renamed else k): rename(v) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
       return type(node)(rename(v) for v in node)
     return node
