@@ -11,3 +11,15 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # pylint: disable=wrong-import-position  (after XLA_FLAGS)
+import pytest  # pylint: disable=wrong-import-position
+
+
+@pytest.fixture
+def processes(monkeypatch):
+  """Simulates being process `.index` of `.count` (set them; default 0 of 1)."""
+  process = type("Processes", (), {"index": 0, "count": 1})()
+  monkeypatch.setattr(jax, "process_count", lambda: process.count)
+  monkeypatch.setattr(jax, "process_index", lambda: process.index)
+  return process

@@ -202,19 +202,11 @@ def test_text_eval_visits_every_validation_window_once(data_dir):
   np.testing.assert_array_equal(windows, expected)
 
 
-@pytest.fixture
-def processes(monkeypatch):
-  """Simulates being process `.index` of `.count` (default 0 of 2)."""
-  process = type("Processes", (), {"index": 0, "count": 2})()
-  monkeypatch.setattr(jax, "process_count", lambda: process.count)
-  monkeypatch.setattr(jax, "process_index", lambda: process.index)
-  return process
-
-
 def test_two_processes_read_disjoint_parts_that_cover_each_split(data_dir, processes):
   # Global batches of 206 are 103 per process; 7 batches are one epoch of a part.
   config = make_config(data_dir, batch_size=206, eval_batch_size=64, augment=False)
   train, evaluation, num_batches = [], [], []
+  processes.count = 2
   for index in (0, 1):
     processes.index = index
     batches = take(data.create_train_iterator(config), 7)

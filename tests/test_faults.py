@@ -283,9 +283,15 @@ def test_a_corrupted_latest_checkpoint_is_named_and_the_previous_one_used(copy_o
       with open(os.path.join(root, name), "r+b") as f:
         f.truncate(max(os.path.getsize(f.name) // 2 - 1, 0))
 
+  assert_resumes_past_checkpoint_24(workdir, finished, "checkpoints/24 is unreadable")
+
+
+def assert_resumes_past_checkpoint_24(workdir, finished, reported):
+  """A rerun reports checkpoint 24 (`reported`), sets it aside, resumes from step 16 and
+  retrains step 24 to the uninterrupted run's weights."""
   resumed = run(workdir)
   assert resumed.returncode == 0, resumed.stderr
-  assert "checkpoints/24 is unreadable" in resumed.stderr
+  assert reported in resumed.stderr
   assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "24"))
   assert "Resumed from" in resumed.stderr and "at step 16." in resumed.stderr
   assert_same_variables(train.load_variables(finished), train.load_variables(workdir, step=24))
@@ -309,12 +315,8 @@ def test_a_checkpoint_whose_bytes_changed_is_refused_and_the_previous_one_used(
   with pytest.raises(train.CheckpointError, match=r"checkpoints/24 is damaged: 1 of its arrays"):
     train.load_variables(workdir)
 
-  resumed = run(workdir)
-  assert resumed.returncode == 0, resumed.stderr
-  assert "checkpoints/24 is unreadable (CheckpointError: " in resumed.stderr
-  assert os.path.isdir(os.path.join(workdir, "unreadable_checkpoints", "24"))
-  assert "Resumed from" in resumed.stderr and "at step 16." in resumed.stderr
-  assert_same_variables(train.load_variables(finished), train.load_variables(workdir, step=24))
+  assert_resumes_past_checkpoint_24(workdir, finished,
+                                    "checkpoints/24 is unreadable (CheckpointError: ")
 
 
 def test_a_checkpoint_without_digests_still_restores_with_a_warning(copy_of_finished, finished,

@@ -217,15 +217,6 @@ def test_eval_visits_every_file_once_with_padding_masked(digits_folder, num_devi
   assert collections.Counter(y for y, _ in examples) == files_per_class(digits_folder, "test")
 
 
-@pytest.fixture
-def processes(monkeypatch):
-  """Simulates being process `.index` of `.count`."""
-  process = type("Processes", (), {"index": 0, "count": 1})()
-  monkeypatch.setattr(jax, "process_count", lambda: process.count)
-  monkeypatch.setattr(jax, "process_index", lambda: process.index)
-  return process
-
-
 def test_three_processes_read_disjoint_parts_that_cover_each_split(digits_folder, processes):
   # Global batches of 111 are 37 per process; 13 of them hold a part's epoch
   # (1,442 files: parts of 481, 481 and 480).
