@@ -365,6 +365,30 @@ def test_cell_gradients_match_finite_differences_in_float64():
     check_grads(loss, (params, xs, carry), order=1, modes=("rev",), eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("layer_norm", [True, False], ids=["layer_norm", "plain"])
+def test_layer_gradients_match_finite_differences_in_float64(layer_norm):
+  # The layer's backward pass computes W_h's gradient after the loop (a custom VJP):
+  # checked here with lengths, recurrent dropout and initial carries all in play.
+  with jax.enable_x64(True):
+    model = LSTM(3, num_layers=2, layer_norm=layer_norm, per_gate=layer_norm,
+                 recurrent_dropout_rate=0.4, dtype=jnp.float64, param_dtype=jnp.float64)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(3, 4, 2)))
+    lengths = np.array([4, 2, 0])
+    carries = tuple((jnp.asarray(rng.normal(size=(3, 3))), jnp.asarray(rng.normal(size=(3, 3))))
+                    for _ in range(2))
+    params = _random_params(model, x, seed=12)
+
+    @jax.jit
+    def loss(params, x, carries):
+      y, final = model.apply({"params": params}, x, lengths, train=True, initial_carries=carries,
+                             rngs={"dropout": jax.random.key(3)})
+      return jnp.sum(jnp.sin(3 * y)) + sum(jnp.sum(jnp.cos(c)) for c in jax.tree.leaves(final))
+
+    check_grads(loss, (params, x, carries), order=1, modes=("rev",), eps=1e-6, atol=1e-6,
+                rtol=1e-6)
+
+
 def test_bfloat16_compute_with_float32_params_stays_finite():
   x = 30.0 * _sequences(time=24)
   model = LSTM(H, dtype=jnp.bfloat16)

@@ -32,6 +32,7 @@ to bfloat16 already moves by 0.22. Gate math in bfloat16 doubled the drift
 [batch, 4H] per step (and float32 gate activations saved for the backward pass).
 """
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -119,7 +120,9 @@ class _GateProjection(nn.Module):
   param_dtype: Dtype
 
   @nn.compact
-  def __call__(self, z: Array) -> Array:
+  def __call__(self, z: Array, offset: Array | None = None) -> Array:
+    """LN(W z + offset), or W z + offset; `offset` (float32, default none) is added
+    before the LayerNorm."""
     kernel = self.param("kernel", self.kernel_init, (z.shape[-1], self.features), self.param_dtype)
     # Accumulate in float32 so the LayerNorm sees the unrounded product.
     y = jnp.dot(
@@ -127,6 +130,8 @@ class _GateProjection(nn.Module):
         kernel.astype(self.dtype),
         preferred_element_type=jnp.promote_types(self.dtype, jnp.float32),
     )
+    if offset is not None:
+      y = y + offset
     if self.num_groups is not None:
       scale = self.param("scale", nn.initializers.ones, (self.features,), self.param_dtype)
       bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
@@ -187,7 +192,8 @@ class _FusedLSTMCell(nn.RNNCellBase):
     return self.input_proj(inputs).astype(self.dtype)
 
   def recurrent_step(
-      self, carry: Carry, input_gates: Array, recurrent_mask: Array | None = None
+      self, carry: Carry, input_gates: Array, recurrent_mask: Array | None = None,
+      recurrent_offset: Array | None = None,
   ) -> tuple[Carry, Array]:
     """One time step given the precomputed `input_gates`.
 
@@ -196,6 +202,9 @@ class _FusedLSTMCell(nn.RNNCellBase):
       input_gates: [batch, 4 * features] from `input_gates`.
       recurrent_mask: optional [batch, features] dropout mask (already scaled)
         applied to h before W_h.
+      recurrent_offset: optional float32 [batch, 4 * features] added to W_h h
+        before its LayerNorm: zeros whose gradient is that of W_h h (`LSTM`'s
+        backward pass computes W_h's gradient from it, after the loop).
 
     Returns:
       ((c, h), h), the new carry and the output [batch, features].
@@ -210,7 +219,7 @@ class _FusedLSTMCell(nn.RNNCellBase):
     update_dtype = jnp.promote_types(self.dtype, jnp.float32)
     # The gate bias is added here, not in the hoisted part, where it would cost a
     # pass over the [time, batch, 4H] array; here it fuses into the gate math.
-    gates = (self.recurrent_proj(h_in) + input_gates.astype(update_dtype)
+    gates = (self.recurrent_proj(h_in, recurrent_offset) + input_gates.astype(update_dtype)
              + self.gate_bias.astype(update_dtype))
     f, i, o, g = jnp.split(gates, 4, axis=-1)
     new_c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
@@ -351,6 +360,99 @@ def _reverse_within_length(x: Array, seq_lengths: Array | None) -> Array:
   return jnp.take_along_axis(x, index, axis=0)
 
 
+def _scan_steps(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry: Carry,
+                input_gates: Array, valid: Array | None, recurrent_mask: Array | None,
+                recurrent_offsets: Array | None = None,
+                return_h_in: bool = False) -> tuple[tuple[Carry, Array], Array | None]:
+  """Scans the unbound `cell`'s `recurrent_step` with `params` over time-major
+  `input_gates` [time, batch, 4H].
+
+  Where `valid` [time, batch] is False the carry is kept and the output is zero,
+  so the final carry is the one at each sequence's last valid step.
+  `recurrent_offsets` [time, batch, 4H] are added to W_h h. With `return_h_in`
+  it also returns the h that met W_h at each step, [time, batch, H] in the
+  cell's dtype (else None).
+  """
+
+  def step(carry, xs):
+    gates_t, valid_t, offset_t = xs
+    new_carry, h = cell.apply({"params": params}, carry, gates_t, recurrent_mask, offset_t,
+                              method=_FusedLSTMCell.recurrent_step)
+    if valid_t is not None:
+      keep = valid_t[:, None]
+      new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+      h = jnp.where(keep, h, jnp.zeros_like(h))
+    h_in = None
+    if return_h_in:
+      h_in = carry[1] if recurrent_mask is None else carry[1] * recurrent_mask
+      h_in = h_in.astype(cell.dtype)
+    return new_carry, (h, h_in)
+
+  carry, (outputs, h_ins) = jax.lax.scan(
+      step, carry, (input_gates, valid, recurrent_offsets), unroll=unroll)
+  return (carry, outputs), h_ins
+
+
+def _split_kernel(params: dict[str, Any]) -> tuple[Array, dict[str, Any]]:
+  """(W_h, the other recurrent parameters)."""
+  projection = dict(params["recurrent_proj"])
+  kernel = projection.pop("kernel")
+  return kernel, {**params, "recurrent_proj": projection}
+
+
+def _join_kernel(kernel: Array, rest: dict[str, Any]) -> dict[str, Any]:
+  return {**rest, "recurrent_proj": {**rest["recurrent_proj"], "kernel": kernel}}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recurrence(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry: Carry,
+                input_gates: Array, valid: Array | None,
+                recurrent_mask: Array | None) -> tuple[Carry, Array]:
+  """`_scan_steps` without offsets: ((c, h) final, outputs [time, batch, H]).
+
+  Its gradient is the scan's, but W_h's part of it is one matmul after the loop,
+  sum over t of h_t^T d(W_h h_t), rather than a [H, 4H] product and sum at every
+  step inside the backward loop.
+  """
+  return _scan_steps(cell, unroll, params, carry, input_gates, valid, recurrent_mask)[0]
+
+
+def _recurrence_fwd(cell, unroll, params, carry, input_gates, valid, recurrent_mask):
+  kernel, rest = _split_kernel(params)
+  update_dtype = jnp.promote_types(cell.dtype, jnp.float32)
+  # The gradient of W_h h is that of the gates, so of `input_gates` when neither a
+  # LayerNorm nor a rounding stands between them; otherwise zero offsets added
+  # to W_h h give it.
+  offsets = None
+  if isinstance(cell, LayerNormLSTMCell) or input_gates.dtype != update_dtype:
+    offsets = jnp.zeros(input_gates.shape[:-1] + kernel.shape[-1:], update_dtype)
+
+  # W_h is held constant here, so the backward loop does not accumulate its gradient.
+  def scan(rest, carry, input_gates, offsets):
+    return _scan_steps(cell, unroll, _join_kernel(kernel, rest), carry, input_gates, valid,
+                       recurrent_mask, offsets, return_h_in=True)
+
+  outputs, scan_vjp, h_ins = jax.vjp(scan, rest, carry, input_gates, offsets, has_aux=True)
+  return outputs, (scan_vjp, h_ins, kernel, valid, recurrent_mask)
+
+
+def _recurrence_bwd(cell, unroll, residuals, cotangents):
+  del unroll
+  scan_vjp, h_ins, kernel, valid, recurrent_mask = residuals
+  d_rest, d_carry, d_input_gates, d_offsets = scan_vjp(cotangents)
+  d_recurrent = d_input_gates if d_offsets is None else d_offsets
+  d_kernel = jnp.einsum("tbh,tbg->hg", h_ins, d_recurrent.astype(cell.dtype),
+                        preferred_element_type=jnp.promote_types(cell.dtype, jnp.float32))
+  # Neither the validity nor the dropout mask depends on a parameter.
+  d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)
+  d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
+  return (_join_kernel(d_kernel.astype(kernel.dtype), d_rest), d_carry, d_input_gates, d_valid,
+          d_mask)
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
 def _scan_cell(
     cell: _FusedLSTMCell,
     carry: Carry,
@@ -359,24 +461,15 @@ def _scan_cell(
     recurrent_mask: Array | None,
     unroll: int,
 ) -> tuple[Carry, Array]:
-  """Runs `cell.recurrent_step` over time-major `input_gates` [time, batch, 4H].
-
-  Where `valid` [time, batch] is False the carry is kept and the output is zero,
-  so the final carry is the one at each sequence's last valid step.
-  """
-
-  def step(cell, carry, gates_t, valid_t):
-    new_carry, h = cell.recurrent_step(carry, gates_t, recurrent_mask)
-    if valid_t is not None:
-      keep = valid_t[:, None]
-      new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
-      h = jnp.where(keep, h, jnp.zeros_like(h))
-    return new_carry, h
-
-  scan = nn.scan(
-      step, variable_broadcast="params", split_rngs={"params": False}, unroll=unroll
-  )
-  return scan(cell, carry, input_gates, valid)
+  """Runs the bound `cell`'s `recurrent_step` over time-major `input_gates` [time, batch, 4H]
+  (see `_scan_steps`), on the cell's own parameters."""
+  if cell.is_initializing():
+    # Creates the recurrent parameters (W_h, its LayerNorm, b, the cell LayerNorm).
+    cell.recurrent_step(carry, jnp.zeros(input_gates.shape[1:], input_gates.dtype),
+                        recurrent_mask)
+  params = {k: v for k, v in cell.variables["params"].items() if k != "input_proj"}
+  return _recurrence(cell.clone(parent=None), unroll, params, carry, input_gates, valid,
+                     recurrent_mask)
 
 
 class LSTM(nn.Module):
@@ -384,9 +477,13 @@ class LSTM(nn.Module):
 
   Each layer computes the input projection (and its LayerNorm) for all time steps
   in one matmul, then scans the recurrent part with one fused [H, 4H] matmul per
-  step. Layer parameters are named `layer_{i}` (and `layer_{i}_backward` for the
-  backward direction) and have exactly a cell's structure, so a
-  `LayerNormLSTMCell`'s (or `LSTMCell`'s) params can be used as a layer's.
+  step. Its backward pass (a custom VJP) computes W_h's gradient in one matmul
+  over all steps after the loop, not at every step inside it; so the layer is
+  differentiable in reverse mode (`jax.grad`, `jax.vjp`) but not in forward mode
+  (`jax.jvp`, `jax.jacfwd`). Layer parameters are named `layer_{i}` (and
+  `layer_{i}_backward` for the backward direction) and have exactly a cell's
+  structure, so a `LayerNormLSTMCell`'s (or `LSTMCell`'s) params can be used as
+  a layer's.
 
   Attributes:
     features: H, hidden size per direction.
