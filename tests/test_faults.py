@@ -424,10 +424,14 @@ def test_bad_command_lines_fail_with_one_clear_message(tmp_path, finished, exist
     (dict(log_every_steps=0), "config.log_every_steps=0 is invalid"),
     (dict(image_size=-3), "config.image_size=-3 is invalid"),
     (dict(dataset="pydoc_topics", model="char_lm", seq_len=0), "config.seq_len=0 is invalid"),
+    (dict(batch_size=2**40), "config.batch_size=1099511627776 is invalid: one batch of 8x8x1"),
+    (dict(eval_batch_size=2**40), "config.eval_batch_size=1099511627776 is invalid: one batch"),
     (dict(schedule="piecewise", lr_boundaries=(10,), lr_factors=()), "config.lr_factors=()"),
     # Data that is not there.
     (dict(data_dir="{tmp}/no_such_dir"), "no_such_dir' is invalid: no such directory"),
     (dict(dataset="imagenet2012", data_dir="{tmp}"), "needs a manual download"),
+    (dict(eval_split="nosuch"), "config.eval_split='nosuch': Unknown split 'nosuch'"),
+    (dict(train_split="train[:nosuch]"), "config.train_split='train[:nosuch]': "),
 ])
 def test_bad_configs_fail_with_one_clear_message(tmp_path, finished, existing_workdir,
                                                  overrides, message):

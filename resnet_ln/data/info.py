@@ -1,7 +1,7 @@
 """`DatasetInfo`: what the trainer needs to know about a dataset before it sees a batch."""
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # TFDS and ml_collections, which `DatasetInfo` users never need.
   import ml_collections
@@ -131,8 +131,10 @@ def info_from_builder(config: "ml_collections.ConfigDict",
       "validation" if "validation" in builder.info.splits else "test")
   if "text" in features:
     seq_len = config.seq_len
-    num_train, num_eval = (text.num_windows(len(text.load_bytes(builder, split)), seq_len)
-                           for split in (train_split, eval_split))
+    num_train, num_eval = (
+        _read_split(field, split, lambda s: text.num_windows(len(text.load_bytes(builder, s)),
+                                                             seq_len))
+        for field, split in (("train_split", train_split), ("eval_split", eval_split)))
     return DatasetInfo(name=config.dataset, task="language_modeling",
                        num_classes=text.VOCAB_SIZE, example_shape=(seq_len,),
                        num_train=num_train, num_eval=num_eval, train_split=train_split,
@@ -155,9 +157,19 @@ def info_from_builder(config: "ml_collections.ConfigDict",
   shape = (size, size, channels) if size else (height, width, channels)
   return DatasetInfo(name=config.dataset, task="classification",
                      num_classes=features["label"].num_classes, example_shape=shape,
-                     num_train=count(builder, train_split), num_eval=count(builder, eval_split),
+                     num_train=_read_split("train_split", train_split,
+                                           lambda s: count(builder, s)),
+                     num_eval=_read_split("eval_split", eval_split, lambda s: count(builder, s)),
                      train_split=train_split, eval_split=eval_split,
                      label_names=tuple(features["label"].names))
+
+
+def _read_split(field: str, split: str, read: Callable[[str], int]) -> int:
+  """`read(split)`, with TFDS's error for a split it lacks prefixed by the config field."""
+  try:
+    return read(split)
+  except ValueError as e:
+    raise ValueError(f"config.{field}={split!r}: {e}") from e
 
 
 def count(builder: "tfds.core.DatasetBuilder", split: "tfds.typing.SplitArg") -> int:

@@ -35,8 +35,8 @@ from resnet_ln.train import workdir as workdir_lib
 from resnet_ln.train.metrics import MetricWriter, Stopwatch, TrainWindow
 from resnet_ln.train.state import TrainState
 from resnet_ln.train.tasks import Task, get_task
-from resnet_ln.train.validation import (ConfigError, model_error, naming_memory_limits,
-                                       validate_config)
+from resnet_ln.train.validation import (ConfigError, check_batches_fit_host, model_error,
+                                       naming_memory_limits, validate_config)
 
 
 # A log window that waited for input more than this share of its time is input-bound.
@@ -205,6 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel = parallel_lib.create_parallelism(config.parallelism, config.num_devices)
   parallel.check_batch_size(config.batch_size, "batch_size")
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  check_batches_fit_host(config, info.example_shape)
   model = create_model(config, info)
   steps_per_epoch, num_train_steps = build.training_length(config, info)
   schedule = optimizer_lib.create_learning_rate_schedule(config, num_train_steps, steps_per_epoch)

@@ -106,6 +106,35 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "expected 'START:STOP' with 0 <= START < STOP (steps), or '' for no profile")
 
 
+def _host_memory_bytes() -> int | None:
+  """This host's physical memory, or None where the OS does not say."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_batches_fit_host(config: ml_collections.ConfigDict,
+                           example_shape: tuple[int, ...]) -> None:
+  """Refuses a batch whose inputs alone would not fit in this host's memory.
+
+  The input pipeline would otherwise try to assemble it and never finish. Each
+  process holds its share of the global batch, 4 bytes per input value (float32
+  images or int32 tokens).
+  """
+  memory = _host_memory_bytes()
+  if memory is None:
+    return
+  for field in ("batch_size", "eval_batch_size"):
+    batch = getattr(config, field)
+    needed = batch // jax.process_count() * math.prod(example_shape) * 4
+    if needed > memory:
+      raise ConfigError(
+          f"config.{field}={batch} is invalid: one batch of {'x'.join(map(str, example_shape))} "
+          f"inputs takes {needed / 2**30:,.0f} GiB on each host, more than its "
+          f"{memory / 2**30:,.0f} GiB of memory. Lower config.{field}.")
+
+
 @contextlib.contextmanager
 def naming_memory_limits(config: ml_collections.ConfigDict) -> Iterator[None]:
   """Turns XLA's out-of-memory errors into a ConfigError that names the fields to lower.
