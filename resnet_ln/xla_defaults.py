@@ -5,9 +5,9 @@ YNNPACK, whose weight gradient runs over operands XLA first copies to a
 batch-last layout (see "Where the CPU train step goes" in `bench/RESULTS.md`).
 With `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` XLA keeps
 its own convolutions and still gives YNNPACK the matmuls (every 1x1 convolution
-on CPU, see `resnet_ln.models.convolution`) and reductions. Measured side by side
-with PyTorch on a 2-core CPU, it takes a ResNet train step from 1.3 to 2.5 times
-PyTorch's time down to 1.2 to 2.0 times (`bench/RESULTS.md`, run D).
+on CPU, see `resnet_ln.models.convolution`) and reductions. Measured beside
+PyTorch on a 2-core CPU, it takes the ResNet train steps from 1.7 to 2.0 times
+PyTorch's time down to 1.3 to 1.7 times (`bench/RESULTS.md`, run D).
 
 XLA reads `XLA_FLAGS` once, when JAX starts its backends, so `import resnet_ln`
 adds the option there (`set_cpu_defaults`); importing the package after JAX has
