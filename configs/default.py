@@ -2,8 +2,8 @@
 
   python train.py --config=configs/default.py --workdir=workdirs/default
 
-330 steps of 128 (30 epochs); about 2 minutes on 2 CPU cores, compilation
-included, to a test accuracy of 0.986 on the 355 held-out digits.
+330 steps of 128 (30 epochs); about 30 seconds on 2 CPU cores, compilation
+included, to a test accuracy of about 0.99 on the 355 held-out digits.
 
 Every other config starts from this one and changes what its experiment varies.
 """
