@@ -105,8 +105,6 @@ def _train() -> None:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
       message += (f" ({e.filename or FLAGS.workdir}): the disk is full. Free some space, then "
                   "rerun the same command to resume from the newest checkpoint.")
-    if FLAGS.log_dir:  # Also in the log files; on stderr the exit message is enough.
-      logging.error("%s", message)
     sys.exit(f"error: {message}")
 
 

@@ -2,11 +2,6 @@
 
 from typing import Any
 
-from resnet_ln import xla_defaults
-
-# Before JAX starts its backends, which read XLA_FLAGS once (see xla_defaults).
-xla_defaults.set_cpu_defaults()
-
 __version__ = "0.1.0"
 __all__ = ["load_run"]
 

@@ -114,7 +114,8 @@ def evaluate_run(workdir: str, step: int | None = None, split: str | None = None
   except ValueError as e:
     if split is None:
       raise
-    raise cli.UsageError(f"--split={split}: {e}") from None
+    # The data module names config.eval_split; here the user typed --split.
+    raise cli.UsageError(f"--split={split}: {e.__cause__ or e}") from None
   task = get_task(info.task, config.label_smoothing)
   parallel = parallel_lib.create_parallelism(config.parallelism, config.num_devices)
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")

@@ -1,4 +1,4 @@
-"""The one XLA:CPU option the package sets: convolutions outside YNNPACK.
+"""The one XLA:CPU option the package's commands set: convolutions outside YNNPACK.
 
 On CPU, jaxlib 0.9 and 0.10 hand convolutions (forward and both gradients) to
 YNNPACK, whose weight gradient runs over operands XLA first copies to a
@@ -9,12 +9,19 @@ on CPU, see `resnet_ln.models.convolution`) and reductions. Measured beside
 PyTorch on a 2-core CPU, it takes the ResNet train steps from 1.7 to 2.0 times
 PyTorch's time down to 1.3 to 1.7 times (`bench/RESULTS.md`, run D).
 
-XLA reads `XLA_FLAGS` once, when JAX starts its backends, so `import resnet_ln`
-adds the option there (`set_cpu_defaults`); importing the package after JAX has
-run a computation leaves the running process as it is. The option is added only
-for the jaxlib versions it was measured on (`JAXLIB_VERSIONS`: XLA aborts on a
-flag it does not know), and never when `XLA_FLAGS` names it already: to keep
-XLA's own choice, set `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`.
+XLA reads `XLA_FLAGS` once, when JAX initialises its backends, so
+`set_cpu_defaults` must run before that. The package's commands call it
+(`train.py` and every `python -m resnet_ln.*` through `resnet_ln.cli`, the
+benchmarks through `bench`); importing `resnet_ln` or its models does not, so
+your own process keeps XLA's defaults unless you call it first:
+
+    from resnet_ln import xla_defaults
+    xla_defaults.set_cpu_defaults()  # Before the first JAX computation.
+
+It adds the option only for the jaxlib versions known to accept it
+(`JAXLIB_VERSIONS`: XLA aborts on a flag it does not know; measured on 0.10.2),
+and never when `XLA_FLAGS` names the flag already: to keep XLA's own choice, set
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution`.
 Accelerator backends ignore it.
 """
 
@@ -24,8 +31,9 @@ from typing import MutableMapping
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 VALUE = "-individual_convolution"
-# [first, end): the jaxlib versions that know the flag and its +/- syntax (0.9.0
-# to 0.10.2 checked); later ones are left alone until measured.
+# [first, end): the jaxlib versions whose XLA knows the flag and its +/- syntax
+# (found in the 0.9.0 and 0.10.0 binaries, used with 0.10.2); later ones are left
+# alone until checked.
 JAXLIB_VERSIONS = ((0, 9), (0, 11))
 
 

@@ -12,6 +12,10 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from resnet_ln import xla_defaults  # pylint: disable=wrong-import-position
+
+xla_defaults.set_cpu_defaults()  # What train.py and the commands run with.
+
 import jax  # pylint: disable=wrong-import-position  (after XLA_FLAGS)
 import pytest  # pylint: disable=wrong-import-position
 

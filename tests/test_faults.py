@@ -23,6 +23,7 @@ import pytest
 from configs import default
 from resnet_ln import train
 from resnet_ln.train import workdir as workdir_lib
+from resnet_ln.train.validation import naming_memory_limits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(model="cifar_resnet8", batch_size=32, schedule="constant", warmup_epochs=0.0,
@@ -448,14 +449,30 @@ def test_bad_configs_fail_with_one_clear_message(tmp_path, finished, existing_wo
 
 def test_a_run_too_big_for_memory_names_the_fields_to_lower(tmp_path):
   workdir = str(tmp_path / "run")
-  # 400 TB for one image: more than any address space, so the allocation fails at once.
+  # 400 TB for one image: the batch's inputs alone are more than the host holds.
   result = run(workdir, "--config.image_size=10000000")
   assert result.returncode == 1
-  assert "error: The run does not fit in the devices' memory (RESOURCE_EXHAUSTED" in result.stderr
-  assert "Lower config.batch_size (now 32), config.image_size (now 10000000)" in result.stderr
+  assert ("error: config.batch_size=32 is invalid: one batch of 10000000x10000000x1 inputs "
+          "takes") in result.stderr
+  assert "Lower config.batch_size, or config.image_size (now 10000000)." in result.stderr
+  assert result.stderr.count("error:") == 1
   assert "Traceback" not in result.stderr
   assert not os.path.exists(lock_file(workdir))
   assert not os.path.exists(os.path.join(workdir, "checkpoints")) or not checkpoint_steps(workdir)
+
+
+def test_an_out_of_memory_error_from_xla_names_the_fields_to_lower():
+  # What fits on the devices cannot be checked beforehand: XLA's error is translated.
+  config = tiny_config(image_size=64)
+  error = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 99 bytes.")
+  with pytest.raises(ValueError, match=re.escape(
+      "The run does not fit in the devices' memory (RESOURCE_EXHAUSTED: Out of memory "
+      "allocating 99 bytes.). Lower config.batch_size (now 32), config.image_size (now 64)")):
+    with naming_memory_limits(config):
+      raise error
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+    with naming_memory_limits(config):
+      raise jax.errors.JaxRuntimeError("INTERNAL: something else")
 
 
 def test_a_rerun_with_a_changed_learning_rate_keeps_the_first_config_and_records_the_change(

@@ -3,6 +3,7 @@
 import functools
 import itertools
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -387,6 +388,37 @@ def test_layer_gradients_match_finite_differences_in_float64(layer_norm):
 
     check_grads(loss, (params, x, carries), order=1, modes=("rev",), eps=1e-6, atol=1e-6,
                 rtol=1e-6)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["dict", "frozen_dict"])
+def test_bidirectional_layer_gradients_match_autodiff_of_flax_rnn_of_cells(frozen):
+  # The flax RNN is differentiated by JAX itself; the layer by its custom VJP.
+  x = _sequences()
+  birnn = nn.Bidirectional(nn.RNN(LayerNormLSTMCell(H)), nn.RNN(LayerNormLSTMCell(H)))
+  params = _random_params(birnn, x, seed=13)
+  forward, backward = params["forward_rnn"]["cell"], params["backward_rnn"]["cell"]
+  layer_params = {"layer_0": forward, "layer_0_backward": backward}
+  if frozen:
+    layer_params = flax.core.freeze(layer_params)
+  weights = jax.random.normal(jax.random.key(14), (4, 6, 2 * H))
+
+  def rnn_loss(forward, backward, x):
+    y = birnn.apply({"params": {"forward_rnn": {"cell": forward},
+                                "backward_rnn": {"cell": backward}}}, x, seq_lengths=LENGTHS)
+    return jnp.sum(jnp.sin(y) * weights * (jnp.arange(6)[None, :, None] < LENGTHS[:, None, None]))
+
+  def layer_loss(params, x):
+    y, _ = BI_LSTM.apply({"params": params}, x, LENGTHS)
+    return jnp.sum(jnp.sin(y) * weights)
+
+  want_forward, want_backward, want_x = jax.grad(rnn_loss, argnums=(0, 1, 2))(forward, backward,
+                                                                               x)
+  got, got_x = jax.jit(jax.grad(layer_loss, argnums=(0, 1)))(layer_params, x)
+  assert type(got) is type(layer_params)
+  got = flax.core.unfreeze(got)
+  _assert_trees_close(got["layer_0"], want_forward, atol=1e-5)
+  _assert_trees_close(got["layer_0_backward"], want_backward, atol=1e-5)
+  _assert_trees_close(got_x, want_x, atol=1e-5)
 
 
 def test_bfloat16_compute_with_float32_params_stays_finite():

@@ -1,6 +1,7 @@
 """`DatasetInfo`: what the trainer needs to know about a dataset before it sees a batch."""
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # TFDS and ml_collections, which `DatasetInfo` users never need.
@@ -145,6 +146,7 @@ def info_from_builder(config: "ml_collections.ConfigDict",
         f"Dataset {config.dataset!r} has features {sorted(features)}; resnet_ln.data "
         "needs `image` with a ClassLabel `label` (classification) or `text` "
         "(language modelling).")
+  split_size = functools.partial(count, builder)
   height, width, channels = features["image"].shape
   size = config.image_size
   if size is None and preprocess.family(config.dataset) == "imagenet":
@@ -157,9 +159,8 @@ def info_from_builder(config: "ml_collections.ConfigDict",
   shape = (size, size, channels) if size else (height, width, channels)
   return DatasetInfo(name=config.dataset, task="classification",
                      num_classes=features["label"].num_classes, example_shape=shape,
-                     num_train=_read_split("train_split", train_split,
-                                           lambda s: count(builder, s)),
-                     num_eval=_read_split("eval_split", eval_split, lambda s: count(builder, s)),
+                     num_train=_read_split("train_split", train_split, split_size),
+                     num_eval=_read_split("eval_split", eval_split, split_size),
                      train_split=train_split, eval_split=eval_split,
                      label_names=tuple(features["label"].names))
 

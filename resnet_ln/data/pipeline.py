@@ -75,7 +75,7 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, start_step: int 
   Raises:
     ValueError: batch_size does not divide over the processes.
   """
-  process_batch = _process_batch(config.batch_size, "batch_size")
+  process_batch = process_batch_size(config.batch_size, "batch_size")
   if config.dataset in sources.SYNTHETIC:
     return _synthetic(info_lib.get_dataset_info(config), config.seed, process_batch)
   info, builder = _open(config)
@@ -132,7 +132,7 @@ def create_eval_iterator(config: ml_collections.ConfigDict) -> Iterator[dict[str
   Raises:
     ValueError: eval_batch_size does not divide over the processes.
   """
-  process_batch = _process_batch(config.eval_batch_size, "eval_batch_size")
+  process_batch = process_batch_size(config.eval_batch_size, "eval_batch_size")
   index, count = jax.process_index(), jax.process_count()
   if config.dataset in sources.SYNTHETIC:
     info = info_lib.get_dataset_info(config)
@@ -197,7 +197,7 @@ def _text_bytes(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBui
   return text.load_bytes(builder, split)
 
 
-def _process_batch(global_batch: int, field: str) -> int:
+def process_batch_size(global_batch: int, field: str) -> int:
   """This process's part of the global batch (the devices' part is `parallel`'s to check)."""
   if global_batch % jax.process_count():
     raise ValueError(f"config.{field}={global_batch} does not divide over the "

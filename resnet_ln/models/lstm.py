@@ -35,6 +35,7 @@ to bfloat16 already moves by 0.22. Gate math in bfloat16 doubled the drift
 import functools
 from typing import Any, Callable, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -121,8 +122,8 @@ class _GateProjection(nn.Module):
 
   @nn.compact
   def __call__(self, z: Array, offset: Array | None = None) -> Array:
-    """LN(W z + offset), or W z + offset; `offset` (float32, default none) is added
-    before the LayerNorm."""
+    """LN(W z + offset), or W z + offset; `offset` (default none, in the product's
+    dtype: at least float32) is added before the LayerNorm."""
     kernel = self.param("kernel", self.kernel_init, (z.shape[-1], self.features), self.param_dtype)
     # Accumulate in float32 so the LayerNorm sees the unrounded product.
     y = jnp.dot(
@@ -202,15 +203,15 @@ class _FusedLSTMCell(nn.RNNCellBase):
       input_gates: [batch, 4 * features] from `input_gates`.
       recurrent_mask: optional [batch, features] dropout mask (already scaled)
         applied to h before W_h.
-      recurrent_offset: optional float32 [batch, 4 * features] added to W_h h
-        before its LayerNorm: zeros whose gradient is that of W_h h (`LSTM`'s
-        backward pass computes W_h's gradient from it, after the loop).
+      recurrent_offset: optional [batch, 4 * features] (at least float32) added
+        to W_h h before its LayerNorm: zeros whose gradient is that of W_h h
+        (`LSTM`'s backward pass computes W_h's gradient from it, after the loop).
 
     Returns:
       ((c, h), h), the new carry and the output [batch, features].
     """
     c, h = carry
-    h_in = h if recurrent_mask is None else h * recurrent_mask
+    h_in = _recurrent_input(h, recurrent_mask)
     # Only the matmuls run in `dtype`: the gate sums, nonlinearities, c and
     # LN(c) run in (at least) float32. The gate LayerNorms make the gates O(1)
     # whatever the scale of h, so bfloat16 rounding here would be felt in full;
@@ -360,12 +361,18 @@ def _reverse_within_length(x: Array, seq_lengths: Array | None) -> Array:
   return jnp.take_along_axis(x, index, axis=0)
 
 
+def _recurrent_input(h: Array, recurrent_mask: Array | None) -> Array:
+  """The h that meets W_h: h, with recurrent dropout when a mask is given."""
+  return h if recurrent_mask is None else h * recurrent_mask
+
+
 def _scan_steps(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry: Carry,
-                input_gates: Array, valid: Array | None, recurrent_mask: Array | None,
+                input_gates: Array | tuple[Array, ...], valid: Array | None,
+                recurrent_mask: Array | None,
                 recurrent_offsets: Array | None = None,
                 return_h_in: bool = False) -> tuple[tuple[Carry, Array], Array | None]:
   """Scans the unbound `cell`'s `recurrent_step` with `params` over time-major
-  `input_gates` [time, batch, 4H].
+  `input_gates` [time, batch, 4H] (or its four gates' parts, [time, batch, H] each).
 
   Where `valid` [time, batch] is False the carry is kept and the output is zero,
   so the final carry is the one at each sequence's last valid step.
@@ -386,8 +393,7 @@ def _scan_steps(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
       h = jnp.where(keep, h, jnp.zeros_like(h))
     h_in = None
     if return_h_in:
-      h_in = carry[1] if recurrent_mask is None else carry[1] * recurrent_mask
-      h_in = h_in.astype(cell.dtype)
+      h_in = _recurrent_input(carry[1], recurrent_mask).astype(cell.dtype)
     return new_carry, (h, h_in)
 
   carry, (outputs, h_ins) = jax.lax.scan(
@@ -413,17 +419,17 @@ def _recurrence(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
   """`_scan_steps` without offsets: ((c, h) final, outputs [time, batch, H]).
 
   Its gradient is the scan's, but W_h's part of it is one matmul after the loop,
-  sum over t of h_t^T d(W_h h_t), rather than a [H, 4H] product and sum at every
-  step inside the backward loop.
+  the sum over t of h_{t-1}^T d(W_h h_{t-1}), rather than a [H, 4H] product and sum
+  at every step inside the backward loop.
   """
   def scan(gates):
     return _scan_steps(cell, unroll, params, carry, gates, valid, recurrent_mask)[0]
 
   # Without a gradient (eval, inference), on CPU the loop gets the gates' inputs as
   # four [time, batch, H] arrays: XLA:CPU's loop reads them faster than slices of
-  # one [time, batch, 4H] array (the char LM's eval step 16-25% faster; with a
-  # gradient it was 10% slower, so `_recurrence_fwd` keeps the one array). Other
-  # platforms, not measured, keep the one array.
+  # one [time, batch, 4H] array (the char LM's eval step 13% faster, the LN-LSTM's
+  # 27%; with a gradient it was 10% slower, so `_recurrence_fwd` keeps the one
+  # array). Other platforms, not measured, keep the one array.
   return jax.lax.platform_dependent(
       input_gates, cpu=lambda gates: scan(tuple(jnp.split(gates, 4, axis=-1))), default=scan)
 
@@ -478,7 +484,10 @@ def _scan_cell(
     # Creates the recurrent parameters (W_h, its LayerNorm, b, the cell LayerNorm).
     cell.recurrent_step(carry, jnp.zeros(input_gates.shape[1:], input_gates.dtype),
                         recurrent_mask)
-  params = {k: v for k, v in cell.variables["params"].items() if k != "input_proj"}
+  # Plain dicts of plain arrays (the custom VJP returns its gradient in the same
+  # structure): params may come frozen, or boxed by `nn.with_partitioning`.
+  params = nn.meta.unbox(flax.core.unfreeze(cell.variables["params"]))
+  params = {k: v for k, v in params.items() if k != "input_proj"}
   return _recurrence(cell.clone(parent=None), unroll, params, carry, input_gates, valid,
                      recurrent_mask)
 

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 
-from resnet_ln.data.pipeline import MAX_SEED
+from resnet_ln.data.pipeline import MAX_SEED, process_batch_size
 from resnet_ln.models import get_model
 from resnet_ln.train.build import DTYPES
 from resnet_ln.train.optimizer import OPTIMIZERS, SCHEDULES
@@ -120,19 +120,22 @@ def check_batches_fit_host(config: ml_collections.ConfigDict,
 
   The input pipeline would otherwise try to assemble it and never finish. Each
   process holds its share of the global batch, 4 bytes per input value (float32
-  images or int32 tokens).
+  images or int32 tokens). The memory is the machine's: a container's own limit
+  may be lower.
   """
   memory = _host_memory_bytes()
   if memory is None:
     return
+  size_field = "seq_len" if len(example_shape) == 1 else "image_size"
   for field in ("batch_size", "eval_batch_size"):
     batch = getattr(config, field)
-    needed = batch // jax.process_count() * math.prod(example_shape) * 4
+    needed = process_batch_size(batch, field) * math.prod(example_shape) * 4
     if needed > memory:
       raise ConfigError(
           f"config.{field}={batch} is invalid: one batch of {'x'.join(map(str, example_shape))} "
           f"inputs takes {needed / 2**30:,.0f} GiB on each host, more than its "
-          f"{memory / 2**30:,.0f} GiB of memory. Lower config.{field}.")
+          f"{memory / 2**30:,.0f} GiB of memory. Lower config.{field}, or "
+          f"config.{size_field} (now {config[size_field]}).")
 
 
 @contextlib.contextmanager
