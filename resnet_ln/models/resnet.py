@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from resnet_ln.models.convolution import conv_general_dilated
 from resnet_ln.models.convolution import subsample
+from resnet_ln.models.pooling import max_pool
 from resnet_ln.models.registry import register_model
 from resnet_ln.models.registry import register_model_family
 
@@ -296,7 +297,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(self.num_filters, (7, 7), 2, padding=3, name="stem_conv")(x)
       x = nn.relu(norm(name="stem_norm")(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:  # 'cifar'
       x = conv(self.num_filters, (3, 3), padding=1, name="stem_conv")(x)
       x = nn.relu(norm(name="stem_norm")(x))
