@@ -84,8 +84,8 @@ def _pointwise_matmul(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
   return y.reshape(n, h, w, rhs.shape[-1])
 
 
-def _stored(x: jax.Array) -> jax.Array:
-  """`x` unchanged, as a buffer XLA cannot fuse its producers through.
+def stored(x: jax.Array) -> jax.Array:
+  """`x` unchanged, as a buffer XLA cannot fuse its producers through (see above).
 
   A conditional is opaque to fusion. Its predicate depends on the data, so it
   cannot be folded away, and its branches differ as computations, so XLA does not
@@ -98,7 +98,7 @@ def _stored(x: jax.Array) -> jax.Array:
 
 def _weight_gradient_reads_stored_input(convolution: Callable[[jax.Array, jax.Array], jax.Array]
                                         ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`convolution`, whose derivative in `rhs` reads `_stored(lhs)`.
+  """`convolution`, whose derivative in `rhs` reads `stored(lhs)`.
 
   A custom JVP, so that forward mode still works and reverse mode transposes it:
   the stored input is the residual the weight gradient reads.
@@ -114,7 +114,7 @@ def _weight_gradient_reads_stored_input(convolution: Callable[[jax.Array, jax.Ar
     if not isinstance(lhs_dot, SymbolicZero):
       terms.append(convolution(lhs_dot, rhs))
     if not isinstance(rhs_dot, SymbolicZero):
-      terms.append(convolution(_stored(lhs), rhs_dot))
+      terms.append(convolution(stored(lhs), rhs_dot))
     y = convolution(lhs, rhs)
     return y, (sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y))
 

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from resnet_ln.models.convolution import stored
+
 Padding = str | Sequence[tuple[int, int]]
 
 
@@ -54,7 +56,8 @@ def _max_pool(x: jax.Array, window_shape: tuple[int, int], strides: tuple[int, i
 
 def _max_pool_fwd(x, window_shape, strides, padding):
   y = _max_pool(x, window_shape, strides, padding)
-  return y, (x, y)
+  # Stored, or XLA recomputes x's producers (BatchNorm, ReLU) for each window position.
+  return y, (stored(x), y)
 
 
 def _max_pool_bwd(window_shape, strides, padding, residuals, g):
