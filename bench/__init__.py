@@ -4,4 +4,3 @@ from resnet_ln import xla_defaults
 
 # As the package's own commands do (resnet_ln.cli), before JAX starts its backends.
 xla_defaults.set_cpu_defaults()
-xla_defaults.set_malloc_defaults()

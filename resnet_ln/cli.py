@@ -6,8 +6,7 @@
 A bad flag, a bad workdir or input the command cannot use ends the command with
 one `error: ...` line on stderr and exit status 1, never a traceback. Importing
 this module sets the commands' environment defaults: TensorFlow's C++ logs at
-warnings and above, and the package's XLA:CPU option and malloc settings
-(`resnet_ln.xla_defaults`).
+warnings and above, and the package's XLA:CPU option (`resnet_ln.xla_defaults`).
 """
 
 import os
@@ -19,9 +18,8 @@ from absl import app, flags, logging
 from resnet_ln import xla_defaults
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Before JAX starts its backends, which read XLA_FLAGS once, and its threads.
+# Before JAX starts its backends, which read XLA_FLAGS once.
 xla_defaults.set_cpu_defaults()
-xla_defaults.set_malloc_defaults()
 
 FLAGS = flags.FLAGS
 # Errors that are the user's input, not a bug: reported in one line.

@@ -15,7 +15,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from resnet_ln import xla_defaults  # pylint: disable=wrong-import-position
 
 xla_defaults.set_cpu_defaults()  # What train.py and the commands run with.
-xla_defaults.set_malloc_defaults()
 
 import jax  # pylint: disable=wrong-import-position  (after XLA_FLAGS)
 import pytest  # pylint: disable=wrong-import-position

@@ -54,33 +54,3 @@ def test_cpu_default_is_added_once_and_never_over_the_users_own():
     untouched = {}
     assert not xla_defaults.set_cpu_defaults(untouched, unknown_to_xla)
     assert untouched == {}
-
-
-class _Mallopt:
-  """Records mallopt calls; returns glibc's 1 (success) or 0."""
-
-  def __init__(self, result: int = 1):
-    self.calls, self.result = [], result
-
-  def __call__(self, param: int, value: int) -> int:
-    self.calls.append((param, value))
-    return self.result
-
-
-@pytest.mark.parametrize("environ,installed,expected", [
-    ({}, ["jax", "jaxlib", "flax"], True),
-    ({"JAX_PLATFORMS": "cpu"}, ["jax-cuda12-plugin"], True),
-    ({}, ["jax_cuda12_plugin"], False),
-    ({}, ["libtpu"], False),
-    ({"JAX_PLATFORMS": "cuda,cpu"}, [], False),
-    ({"MALLOC_ARENA_MAX": "4"}, [], False),  # The user's own malloc settings.
-    ({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}, [], False),
-])
-def test_malloc_settings_only_for_cpu_runs_without_the_users_own(environ, installed, expected):
-  mallopt = _Mallopt()
-  assert xla_defaults.set_malloc_defaults(environ, mallopt, installed) is expected
-  assert mallopt.calls == (list(xla_defaults.MALLOPT_SETTINGS) if expected else [])
-
-
-def test_malloc_settings_report_a_refusal():
-  assert not xla_defaults.set_malloc_defaults({}, _Mallopt(result=0), [])

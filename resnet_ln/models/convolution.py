@@ -19,7 +19,7 @@ reads. XLA:CPU computes the weight gradient from a copy of the convolution's inp
 transposed to `[C, H, W, N]`, and it fuses into that copy the elementwise work that
 produced the input (BatchNorm, ReLU and the residual additions, back through
 several blocks), recomputed in the transposed order, which reads memory with a
-large stride: in CIFAR ResNet-20's train step those copies took half of the
+large stride: in CIFAR ResNet-20's train step those copies took most of the
 operations' time. So on CPU, when a gradient is taken, the weight gradient reads
 the input through a conditional that returns it unchanged: XLA cannot fuse
 across a conditional, so the transposing copy reads the stored activation (the

@@ -4,12 +4,14 @@
 same forward pass. Its gradient is different work for the same result: JAX
 differentiates a max pool into XLA's select-and-scatter, which XLA:CPU expands
 into a variadic reduce-window over four int32 index arrays the size of the
-padded input, and a scatter. In ResNet-18's train step (batch 16, 112x112) that
-took about a fifth of the step on 2 CPU cores. Here the backward pass finds, for
-each output, the window position of its maximum (the first one in row-major
-window order, as select-and-scatter and PyTorch pick among ties; a NaN counts as
-a maximum), and routes the cotangent there with shifts and an interleave of the
-`strides[0] * strides[1]` phases of the input: a few elementwise fusions.
+padded input, and a scatter: in ResNet-18's train step (batch 16, 112x112, 2 CPU
+cores) about 100 ms of operation time per step, summed over the cores, against
+about 40 ms this way (the step 2 to 4% faster, `bench/RESULTS.md` run E). Here
+the backward pass finds, for each output, the window position of its maximum
+(the first one in row-major window order, as select-and-scatter and PyTorch pick
+among ties; a NaN counts as a maximum), and routes the cotangent there with
+shifts and an interleave of the `strides[0] * strides[1]` phases of the input: a
+few elementwise fusions.
 Other platforms keep JAX's own gradient: the choice is made when the step is
 lowered, by `jax.lax.platform_dependent`, as in `resnet_ln.models.convolution`.
 
