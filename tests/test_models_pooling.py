@@ -20,7 +20,7 @@ def _vjps(x, window, strides, padding, key):
   y, ours_vjp = jax.vjp(ours, x)
   expected, flax_vjp = jax.vjp(flax, x)
   np.testing.assert_array_equal(y, expected)
-  cotangent = jax.random.normal(key, y.shape)
+  cotangent = jax.random.normal(key, y.shape, y.dtype)
   return ours_vjp(cotangent)[0], flax_vjp(cotangent)[0]
 
 
@@ -55,9 +55,19 @@ def test_max_pool_gradient_on_cpu_has_no_select_and_scatter():
   assert "stablehlo.select_and_scatter" in cuda
 
 
-def test_max_pool_exports_with_symbolic_sizes():
+def test_max_pool_and_its_gradient_export_with_symbolic_sizes():
   fn = lambda x: max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-  shape = jax.export.symbolic_shape("b, h, w, 3")
-  exported = jax.export.export(jax.jit(fn))(jax.ShapeDtypeStruct(shape, jnp.float32))
+  grad = jax.grad(lambda x: (fn(x) ** 2).sum())
+  shape = jax.ShapeDtypeStruct(jax.export.symbolic_shape("b, h, w, 3"), jnp.float32)
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 9, 11, 3))
-  np.testing.assert_array_equal(exported.call(x), fn(x))
+  for f in (fn, grad):
+    exported = jax.export.export(jax.jit(f), platforms=("cpu",))(shape)
+    np.testing.assert_array_equal(exported.call(x), f(x))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_max_pool_gradient_in_half_precision_matches_flax(dtype):
+  kx, kg = jax.random.split(jax.random.PRNGKey(3))
+  got, want = _vjps(_ties(kx, (2, 9, 7, 3)).astype(dtype), (3, 3), (2, 2), ((1, 1), (1, 1)), kg)
+  assert got.dtype == dtype
+  np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2)

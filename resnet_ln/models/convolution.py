@@ -84,21 +84,27 @@ def _pointwise_matmul(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
   return y.reshape(n, h, w, rhs.shape[-1])
 
 
-def stored(x: jax.Array) -> jax.Array:
-  """`x` unchanged, as a buffer XLA cannot fuse its producers through (see above).
+def stored(x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+  """`x` unchanged, as a buffer XLA cannot fuse its producers through.
 
-  A conditional is opaque to fusion. Its predicate depends on the data, so it
-  cannot be folded away, and its branches differ as computations, so XLA does not
-  merge them: a NaN first element takes the one that writes `x`'s NaNs anew.
-  Both return `x`'s values.
+  XLA:CPU fuses elementwise producers into every consumer, recomputing them; a
+  conditional is opaque to fusion. Its predicate reads the first element of `key`
+  (default `x`), so it cannot be folded away; pass a replicated array (a kernel)
+  when `x` is sharded under `jax.jit`, or reading `x[0]` costs a collective. Its
+  branches differ as computations, so XLA does not merge them: a NaN takes the one
+  that writes `x`'s NaNs anew. Both return `x`'s values. Under `jax.vmap` with a
+  batched `key` the conditional becomes a select, and fusion is no longer stopped.
   """
-  return lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda x: jnp.where(jnp.isnan(x), jnp.nan, x),
+  key = x if key is None else key
+  if x.size == 0 or key.size == 0:
+    return x
+  return lax.cond(jnp.isnan(key.reshape(-1)[0]), lambda x: jnp.where(jnp.isnan(x), jnp.nan, x),
                   lambda x: x, x)
 
 
 def _weight_gradient_reads_stored_input(convolution: Callable[[jax.Array, jax.Array], jax.Array]
                                         ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`convolution`, whose derivative in `rhs` reads `stored(lhs)`.
+  """`convolution`, whose derivative in `rhs` reads `stored(lhs, key=rhs)`.
 
   A custom JVP, so that forward mode still works and reverse mode transposes it:
   the stored input is the residual the weight gradient reads.
@@ -110,13 +116,13 @@ def _weight_gradient_reads_stored_input(convolution: Callable[[jax.Array, jax.Ar
 
   def jvp(primals, tangents):
     (lhs, rhs), (lhs_dot, rhs_dot) = primals, tangents
+    # JAX calls this with at least one tangent that is not a symbolic zero.
     terms = []
     if not isinstance(lhs_dot, SymbolicZero):
       terms.append(convolution(lhs_dot, rhs))
     if not isinstance(rhs_dot, SymbolicZero):
-      terms.append(convolution(stored(lhs), rhs_dot))
-    y = convolution(lhs, rhs)
-    return y, (sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y))
+      terms.append(convolution(stored(lhs, key=rhs), rhs_dot))
+    return convolution(lhs, rhs), sum(terms[1:], terms[0])
 
   convolve.defjvp(jvp, symbolic_zeros=True)
   return convolve

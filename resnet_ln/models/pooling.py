@@ -9,14 +9,16 @@ cores) about 100 ms of operation time per step, summed over the cores, against
 about 40 ms this way (the step 2 to 4% faster, `bench/RESULTS.md` run E). Here
 the backward pass finds, for each output, the window position of its maximum
 (the first one in row-major window order, as select-and-scatter and PyTorch pick
-among ties; a NaN counts as a maximum), and routes the cotangent there with
+among ties; a NaN counts as a maximum, as in PyTorch, where select-and-scatter
+moves past it), and routes the cotangent there with
 shifts and an interleave of the `strides[0] * strides[1]` phases of the input: a
 few elementwise fusions.
 Other platforms keep JAX's own gradient: the choice is made when the step is
 lowered, by `jax.lax.platform_dependent`, as in `resnet_ln.models.convolution`.
 
 Where windows overlap, an input's gradient is a sum over windows whose order
-differs from XLA's, so the two agree to float rounding; elsewhere they are equal.
+differs from XLA's, so the two agree to float rounding; elsewhere they are equal
+(windows holding a NaN aside).
 """
 
 import functools
@@ -112,10 +114,10 @@ def max_pool(inputs: jax.Array, window_shape: Sequence[int], strides: Sequence[i
     [batch, out_height, out_width, channels], as `flax.linen.max_pool`. On CPU its
     gradient is computed as this module's docstring says.
   """
+  window_shape = tuple(window_shape)
   strides = tuple(strides) if strides is not None else (1,) * len(window_shape)
   if inputs.ndim != 4 or len(window_shape) != 2 or len(strides) != 2:
     return nn.max_pool(inputs, window_shape, strides, padding=padding)
-  window_shape, strides = tuple(window_shape), tuple(strides)
   pads = _pairs(padding, window_shape, strides, inputs.shape[1:3])
   return lax.platform_dependent(
       inputs,
