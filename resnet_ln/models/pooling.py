@@ -10,9 +10,8 @@ about 40 ms this way (the step 2 to 4% faster, `bench/RESULTS.md` run E). Here
 the backward pass finds, for each output, the window position of its maximum
 (the first one in row-major window order, as select-and-scatter and PyTorch pick
 among ties; a NaN counts as a maximum, as in PyTorch, where select-and-scatter
-moves past it), and routes the cotangent there with
-shifts and an interleave of the `strides[0] * strides[1]` phases of the input: a
-few elementwise fusions.
+moves past it), and routes the cotangent there with shifts and an interleave of
+the `strides[0] * strides[1]` phases of the input: a few elementwise fusions.
 Other platforms keep JAX's own gradient: the choice is made when the step is
 lowered, by `jax.lax.platform_dependent`, as in `resnet_ln.models.convolution`.
 
