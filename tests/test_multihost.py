@@ -3,8 +3,8 @@
 The processes find each other through `jax.distributed` (a coordinator on a
 loopback port) and run their collectives over Gloo, JAX's CPU implementation,
 exactly as hosts of a pod do over the network. The reference is this pytest
-process, a 1-process run on 8 CPU devices (see conftest.py). The pmap run is
-also preempted on one host, and resumed by both.
+process, a 1-process run on 8 CPU devices (see conftest.py). The job runs
+under pmap until one host is preempted, and both resume it under shard_map.
 
 Process p of P reads its own part of the train split, so the global batches
 of a 2-process run are not those of a 1-process run; `two_process_batches`
@@ -136,31 +136,32 @@ def files_under(directory):
           for root, dirs, files in os.walk(directory) for name in dirs + files}
 
 
-@pytest.mark.parametrize("parallelism", ["pmap", "shard_map"])
-def test_two_processes_train_as_one_and_share_one_checkpoint(tmp_path, monkeypatch,
-                                                             parallelism):
+def test_two_processes_train_as_one_share_one_checkpoint_and_resume_under_shard_map(
+    tmp_path, monkeypatch):
+  # A pmap job, one of whose hosts is preempted, rerun under shard_map: each
+  # parallelism runs on two processes, and the checkpoint passes from one to the other.
   workdir = str(tmp_path / "two_processes")
-  if parallelism == "pmap":  # The preemption logic does not depend on the parallelism.
-    logs = train_on_two_processes(workdir, parallelism, preempt_process_1=True)
-    # Both processes agreed to stop at the same step, with a checkpoint there...
-    stops = {re.search(r"Stopping at step (\d+) after SIGTERM", log).group(1) for log in logs}
-    assert len(stops) == 1 and int(min(stops)) < STEPS, stops
-    # ...and the rerun of both resumes from it.
-    logs = train_on_two_processes(workdir, parallelism)
-    assert f"at step {stops.pop()}." in logs[0]
-  else:
-    logs = train_on_two_processes(workdir, parallelism)
+  logs = train_on_two_processes(workdir, "pmap", preempt_process_1=True)
+  # Both processes agreed to stop at the same step, with a checkpoint there...
+  stops = {re.search(r"Stopping at step (\d+) after SIGTERM", log).group(1) for log in logs}
+  assert len(stops) == 1 and int(min(stops)) < STEPS, stops
+  stop = int(stops.pop())
+  # ...and the rerun of both resumes from it, under the other parallelism.
+  logs = train_on_two_processes(workdir, "shard_map")
+  assert f"at step {stop}." in logs[0]
+  assert "parallelism: 'pmap' -> 'shard_map'" in logs[0]
 
   # Both processes saved each checkpoint from bitwise identical states.
   saved = [dict(FINGERPRINT.findall(log)) for log in logs]
-  assert {"6", "12"} <= set(saved[0]), logs[0][-3000:]
+  assert {str(stop), "12"} <= set(saved[0]), logs[0][-3000:]
   assert saved[0] == saved[1]
 
-  # Only process 0 wrote logs and metrics; process 1's files are checkpoint files.
+  # Only process 0 wrote logs, metrics and the config's history; process 1's
+  # files are checkpoint files.
   files = files_under(workdir)
   private = {name for name, stat in files.items() if not stat.st_mode & 0o077}
   assert all(name.startswith("checkpoints") for name in private), private
-  assert {"config.json", "metrics.jsonl", "tensorboard"} <= set(files)
+  assert {"config.json", "config_history", "metrics.jsonl", "tensorboard"} <= set(files)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   assert [r["step"] for r in records if r["split"] == "train"] == [3, 6, 9, 12]
@@ -169,25 +170,26 @@ def test_two_processes_train_as_one_and_share_one_checkpoint(tmp_path, monkeypat
   assert final_eval["examples"] == 355
 
   # One process on 8 devices, fed the same global batches, computes the same
-  # first 6 steps from the same seed...
+  # steps up to the stop from the same seed...
   monkeypatch.setattr(data, "create_train_iterator",
                       two_process_batches(data.create_train_iterator))
   reference = str(tmp_path / "one_process")
-  train.train_and_evaluate(tiny_config(parallelism=parallelism, num_train_steps=6), reference)
-  assert_close(train.load_variables(reference), train.load_variables(workdir, step=6))
+  train.train_and_evaluate(tiny_config(parallelism="pmap", num_train_steps=stop), reference)
+  assert_close(train.load_variables(reference), train.load_variables(workdir, step=stop))
 
-  # ...and resumes from the checkpoint the two processes wrote together, to
-  # the same parameters as they reached at step 12.
+  # ...and resumes under shard_map from the checkpoint the two processes wrote
+  # together, to the same parameters as they reached at step 12.
   resumed = str(tmp_path / "resumed")
   shutil.copytree(workdir, resumed)
   for step in saved[0]:
-    if int(step) > 6:
+    if int(step) > stop:
       shutil.rmtree(os.path.join(resumed, "checkpoints", step))
-  result = train.train_and_evaluate(tiny_config(parallelism=parallelism), resumed)
+  result = train.train_and_evaluate(tiny_config(parallelism="shard_map"), resumed)
   assert result["step"] == STEPS and result["examples"] == 355
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
     steps_logged = [(r["step"], r["split"]) for r in map(json.loads, f)][len(records):]
-  assert steps_logged == [(9, "train"), (12, "train"), (12, "eval"), (12, "time")]
+  assert steps_logged == [(s, "train") for s in (3, 6, 9, 12) if s > stop] + [
+      (12, "eval"), (12, "time")]
   assert_close(train.load_variables(resumed), train.load_variables(workdir))
 
 
