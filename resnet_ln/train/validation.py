@@ -106,12 +106,61 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "expected 'START:STOP' with 0 <= START < STOP (steps), or '' for no profile")
 
 
-def _host_memory_bytes() -> int | None:
-  """This host's physical memory, or None where the OS does not say."""
+CGROUP_ROOT = "/sys/fs/cgroup"
+# cgroup v1 reports "no limit" as a number near 2**63; v2 as "max".
+_NO_CGROUP_LIMIT = 2**62
+
+
+def cgroup_memory_limit(root: str = CGROUP_ROOT,
+                        membership: str = "/proc/self/cgroup") -> int | None:
+  """The lowest memory limit, in bytes, of this process's cgroup and its ancestors.
+
+  Reads cgroup v2 (`memory.max`) and v1 (`memory/.../memory.limit_in_bytes`).
+  The ancestors count because their limits apply too, and because a container
+  often sees its own cgroup mounted at `root` under a path that names the host's
+  hierarchy. None when no limit is set or the files cannot be read.
+  """
   try:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  except (ValueError, OSError, AttributeError):
+    with open(membership) as f:
+      lines = f.read().splitlines()
+  except OSError:
     return None
+  hierarchies = []  # (directory of the hierarchy, the process's path in it, limit file)
+  for line in lines:
+    fields = line.split(":", 2)  # hierarchy-ID:controllers:path
+    if len(fields) != 3:
+      continue
+    _, controllers, path = fields
+    if controllers == "":  # v2's unified hierarchy.
+      hierarchies.append((root, path, "memory.max"))
+    elif "memory" in controllers.split(","):
+      hierarchies.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes"))
+  limits = []
+  for directory, path, name in hierarchies:
+    parts = [part for part in path.split("/") if part]
+    for depth in range(len(parts), -1, -1):
+      try:
+        with open(os.path.join(directory, *parts[:depth], name)) as f:
+          text = f.read().strip()
+      except OSError:
+        continue
+      if text.isdigit() and int(text) < _NO_CGROUP_LIMIT:
+        limits.append(int(text))
+  return min(limits, default=None)
+
+
+def host_memory() -> tuple[int, str] | None:
+  """(bytes, what they are) of the memory this process may use: the machine's
+  physical memory, or its cgroup's (container's) limit where that is lower; None
+  where the OS says neither."""
+  try:
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    physical = None
+  limit = cgroup_memory_limit()
+  if limit is not None and (physical is None or limit < physical):
+    return limit, "memory limit of its container (cgroup)"
+  return None if physical is None else (physical, "memory")
 
 
 def check_batches_fit_host(config: ml_collections.ConfigDict,
@@ -120,12 +169,12 @@ def check_batches_fit_host(config: ml_collections.ConfigDict,
 
   The input pipeline would otherwise try to assemble it and never finish. Each
   process holds its share of the global batch, 4 bytes per input value (float32
-  images or int32 tokens). The memory is the machine's: a container's own limit
-  may be lower.
+  images or int32 tokens). In a container the memory is the container's limit.
   """
-  memory = _host_memory_bytes()
+  memory = host_memory()
   if memory is None:
     return
+  memory, what = memory
   size_field = "seq_len" if len(example_shape) == 1 else "image_size"
   for field in ("batch_size", "eval_batch_size"):
     batch = getattr(config, field)
@@ -133,8 +182,8 @@ def check_batches_fit_host(config: ml_collections.ConfigDict,
     if needed > memory:
       raise ConfigError(
           f"config.{field}={batch} is invalid: one batch of {'x'.join(map(str, example_shape))} "
-          f"inputs takes {needed / 2**30:,.0f} GiB on each host, more than its "
-          f"{memory / 2**30:,.0f} GiB of memory. Lower config.{field}, or "
+          f"inputs takes {needed / 2**30:,.1f} GiB on each host, more than the "
+          f"{memory / 2**30:,.1f} GiB {what}. Lower config.{field}, or "
           f"config.{size_field} (now {config[size_field]}).")
 
 
