@@ -290,6 +290,26 @@ def test_fast_path_equals_cell_run_step_by_step_with_cells_params(cell, model):
   _assert_trees_close(final_carry, carry)
 
 
+@pytest.mark.parametrize("model", [
+    LSTM(H), LSTM(H, layer_norm=False, unroll=2), LSTM(H, per_gate=True, num_layers=2),
+    DEEP_BI_LSTM], ids=["layer_norm", "plain_unroll_2", "per_gate_2_layers", "bidirectional"])
+def test_a_forward_pass_on_cpu_projects_each_step_input_as_the_hoisted_projection_does(model):
+  # Without a gradient the CPU loop projects x_t itself; the differentiated pass
+  # (and other platforms) project all steps before the loop: the same outputs.
+  x = _sequences(time=7)
+  params = _random_params(model, x, LENGTHS, seed=15)
+  forward = lambda params: model.apply({"params": params}, x, LENGTHS)
+  outputs = jax.jit(forward)(params)
+  differentiated, _ = jax.jit(lambda params: jax.vjp(forward, params))(params)
+  _assert_trees_close(outputs, differentiated, atol=1e-6)
+
+  input_gates = "tensor<7x4x32xf32>"  # [time, batch, 4H]
+  lowered = lambda platform: jax.export.export(jax.jit(forward), platforms=(platform,))(
+      params).mlir_module()
+  assert input_gates not in lowered("cpu")
+  assert input_gates in lowered("cuda")
+
+
 # Dropout.
 
 

@@ -367,12 +367,12 @@ def _recurrent_input(h: Array, recurrent_mask: Array | None) -> Array:
 
 
 def _scan_steps(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry: Carry,
-                input_gates: Array | tuple[Array, ...], valid: Array | None,
-                recurrent_mask: Array | None,
-                recurrent_offsets: Array | None = None,
-                return_h_in: bool = False) -> tuple[tuple[Carry, Array], Array | None]:
-  """Scans the unbound `cell`'s `recurrent_step` with `params` over time-major
-  `input_gates` [time, batch, 4H] (or its four gates' parts, [time, batch, H] each).
+                inputs: Array, valid: Array | None, recurrent_mask: Array | None,
+                recurrent_offsets: Array | None = None, return_h_in: bool = False,
+                project_inputs: bool = False) -> tuple[tuple[Carry, Array], Array | None]:
+  """Scans the unbound `cell` with `params` over time-major `inputs`: the input
+  gates [time, batch, 4H] from `input_gates`, fed to `recurrent_step`, or with
+  `project_inputs` the layer inputs x [time, batch, in], projected at each step.
 
   Where `valid` [time, batch] is False the carry is kept and the output is zero,
   so the final carry is the one at each sequence's last valid step.
@@ -382,10 +382,10 @@ def _scan_steps(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
   """
 
   def step(carry, xs):
-    gates_t, valid_t, offset_t = xs
-    if isinstance(gates_t, tuple):  # One [batch, H] array per gate.
-      gates_t = jnp.concatenate(gates_t, axis=-1)
-    new_carry, h = cell.apply({"params": params}, carry, gates_t, recurrent_mask, offset_t,
+    inputs_t, valid_t, offset_t = xs
+    if project_inputs:
+      inputs_t = cell.apply({"params": params}, inputs_t, method=_FusedLSTMCell.input_gates)
+    new_carry, h = cell.apply({"params": params}, carry, inputs_t, recurrent_mask, offset_t,
                               method=_FusedLSTMCell.recurrent_step)
     if valid_t is not None:
       keep = valid_t[:, None]
@@ -397,7 +397,7 @@ def _scan_steps(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
     return new_carry, (h, h_in)
 
   carry, (outputs, h_ins) = jax.lax.scan(
-      step, carry, (input_gates, valid, recurrent_offsets), unroll=unroll)
+      step, carry, (inputs, valid, recurrent_offsets), unroll=unroll)
   return (carry, outputs), h_ins
 
 
@@ -412,30 +412,44 @@ def _join_kernel(kernel: Array, rest: dict[str, Any]) -> dict[str, Any]:
   return {**rest, "recurrent_proj": {**rest["recurrent_proj"], "kernel": kernel}}
 
 
+def _input_gates(cell: _FusedLSTMCell, params: dict[str, Any], input_params: dict[str, Any],
+                 inputs: Array) -> Array:
+  """The unbound `cell`'s `input_gates` of `inputs` with its input projection's `input_params`."""
+  return cell.apply({"params": {**params, "input_proj": input_params}}, inputs,
+                    method=_FusedLSTMCell.input_gates)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _recurrence(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry: Carry,
-                input_gates: Array, valid: Array | None,
+                inputs: Array, valid: Array | None,
                 recurrent_mask: Array | None) -> tuple[Carry, Array]:
-  """`_scan_steps` without offsets: ((c, h) final, outputs [time, batch, H]).
+  """The cell over time-major `inputs` [time, batch, in]: ((c, h) final, outputs
+  [time, batch, H]).
 
-  Its gradient is the scan's, but W_h's part of it is one matmul after the loop,
-  the sum over t of h_{t-1}^T d(W_h h_{t-1}), rather than a [H, 4H] product and sum
-  at every step inside the backward loop.
+  The input projection of all time steps is one matmul before the loop. Its
+  gradient is the scan's, but W_h's part of it is one matmul after the loop, the
+  sum over t of h_{t-1}^T d(W_h h_{t-1}), rather than a [H, 4H] product and sum at
+  every step inside the backward loop.
   """
-  def scan(gates):
-    return _scan_steps(cell, unroll, params, carry, gates, valid, recurrent_mask)[0]
+  def hoisted(inputs):
+    input_gates = _input_gates(cell, params, params["input_proj"], inputs)
+    return _scan_steps(cell, unroll, params, carry, input_gates, valid, recurrent_mask)[0]
 
-  # Without a gradient (eval, inference), on CPU the loop gets the gates' inputs as
-  # four [time, batch, H] arrays: XLA:CPU's loop reads them faster than slices of
-  # one [time, batch, 4H] array (the char LM's eval step 13% faster, the LN-LSTM's
-  # 27%; with a gradient it was 10% slower, so `_recurrence_fwd` keeps the one
-  # array). Other platforms, not measured, keep the one array.
-  return jax.lax.platform_dependent(
-      input_gates, cpu=lambda gates: scan(tuple(jnp.split(gates, 4, axis=-1))), default=scan)
+  def per_step(inputs):
+    return _scan_steps(cell, unroll, params, carry, inputs, valid, recurrent_mask,
+                       project_inputs=True)[0]
+
+  # Without a gradient (eval, inference), on CPU each step projects its own input
+  # inside the loop: XLA:CPU then neither writes nor reads back a [time, batch, 4H]
+  # array of input gates, and the char LM's eval step took 0.72 of the time, the
+  # LN-LSTM's 0.79 (bench/RESULTS.md, run F). Other platforms keep the one matmul.
+  return jax.lax.platform_dependent(inputs, cpu=per_step, default=hoisted)
 
 
-def _recurrence_fwd(cell, unroll, params, carry, input_gates, valid, recurrent_mask):
-  kernel, rest = _split_kernel(params)
+def _recurrence_fwd(cell, unroll, params, carry, inputs, valid, recurrent_mask):
+  input_gates, input_vjp = jax.vjp(functools.partial(_input_gates, cell, params),
+                                   params["input_proj"], inputs)
+  kernel, rest = _split_kernel({k: v for k, v in params.items() if k != "input_proj"})
   update_dtype = jnp.promote_types(cell.dtype, jnp.float32)
   # The gradient of W_h h is that of the gates, so of `input_gates` when neither a
   # LayerNorm nor a rounding stands between them; otherwise zero offsets added
@@ -450,21 +464,22 @@ def _recurrence_fwd(cell, unroll, params, carry, input_gates, valid, recurrent_m
                        recurrent_mask, offsets, return_h_in=True)
 
   outputs, scan_vjp, h_ins = jax.vjp(scan, rest, carry, input_gates, offsets, has_aux=True)
-  return outputs, (scan_vjp, h_ins, kernel, valid, recurrent_mask)
+  return outputs, (input_vjp, scan_vjp, h_ins, kernel, valid, recurrent_mask)
 
 
 def _recurrence_bwd(cell, unroll, residuals, cotangents):
   del unroll
-  scan_vjp, h_ins, kernel, valid, recurrent_mask = residuals
+  input_vjp, scan_vjp, h_ins, kernel, valid, recurrent_mask = residuals
   d_rest, d_carry, d_input_gates, d_offsets = scan_vjp(cotangents)
   d_recurrent = d_input_gates if d_offsets is None else d_offsets
   d_kernel = jnp.einsum("tbh,tbg->hg", h_ins, d_recurrent.astype(cell.dtype),
                         preferred_element_type=jnp.promote_types(cell.dtype, jnp.float32))
+  d_input_proj, d_inputs = input_vjp(d_input_gates)
+  d_params = {**_join_kernel(d_kernel.astype(kernel.dtype), d_rest), "input_proj": d_input_proj}
   # Neither the validity nor the dropout mask depends on a parameter.
   d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)
   d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
-  return (_join_kernel(d_kernel.astype(kernel.dtype), d_rest), d_carry, d_input_gates, d_valid,
-          d_mask)
+  return d_params, d_carry, d_inputs, d_valid, d_mask
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -473,22 +488,20 @@ _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 def _scan_cell(
     cell: _FusedLSTMCell,
     carry: Carry,
-    input_gates: Array,
+    inputs: Array,
     valid: Array | None,
     recurrent_mask: Array | None,
     unroll: int,
 ) -> tuple[Carry, Array]:
-  """Runs the bound `cell`'s `recurrent_step` over time-major `input_gates` [time, batch, 4H]
-  (see `_scan_steps`), on the cell's own parameters."""
-  if cell.is_initializing():
-    # Creates the recurrent parameters (W_h, its LayerNorm, b, the cell LayerNorm).
-    cell.recurrent_step(carry, jnp.zeros(input_gates.shape[1:], input_gates.dtype),
+  """Runs the bound `cell` over time-major `inputs` [time, batch, in] (see `_recurrence`),
+  on the cell's own parameters."""
+  if cell.is_initializing():  # Creates the cell's parameters.
+    cell.recurrent_step(carry, cell.input_gates(jnp.zeros(inputs.shape[1:], inputs.dtype)),
                         recurrent_mask)
   # Plain dicts of plain arrays (the custom VJP returns its gradient in the same
   # structure): params may come frozen, or boxed by `nn.with_partitioning`.
   params = nn.meta.unbox(flax.core.unfreeze(cell.variables["params"]))
-  params = {k: v for k, v in params.items() if k != "input_proj"}
-  return _recurrence(cell.clone(parent=None), unroll, params, carry, input_gates, valid,
+  return _recurrence(cell.clone(parent=None), unroll, params, carry, inputs, valid,
                      recurrent_mask)
 
 
@@ -497,8 +510,10 @@ class LSTM(nn.Module):
 
   Each layer computes the input projection (and its LayerNorm) for all time steps
   in one matmul, then scans the recurrent part with one fused [H, 4H] matmul per
-  step. Its backward pass (a custom VJP) computes W_h's gradient in one matmul
-  over all steps after the loop, not at every step inside it; so the layer is
+  step (a forward pass without a gradient on CPU projects each step's input inside
+  the loop instead, which XLA:CPU runs faster). Its backward pass (a custom VJP)
+  computes W_h's gradient in one matmul over all steps after the loop, not at
+  every step inside it; so the layer is
   differentiable in reverse mode (`jax.grad`, `jax.vjp`) but not in forward mode
   (`jax.jvp`, `jax.jacfwd`). Layer parameters are named `layer_{i}` (and
   `layer_{i}_backward` for the backward direction) and have exactly a cell's
@@ -573,7 +588,6 @@ class LSTM(nn.Module):
     (zeros when None)."""
     if backward:
       x = _reverse_within_length(x, seq_lengths)
-    input_gates = cell.input_gates(x)
     recurrent_mask = None
     if train and self.recurrent_dropout_rate > 0:
       keep = 1.0 - self.recurrent_dropout_rate
@@ -581,7 +595,7 @@ class LSTM(nn.Module):
       recurrent_mask = (mask / keep).astype(self.dtype)
     if initial_carry is None:
       initial_carry = cell.zero_carry(x.shape[1:2])
-    carry, y = _scan_cell(cell, initial_carry, input_gates, valid, recurrent_mask, self.unroll)
+    carry, y = _scan_cell(cell, initial_carry, x, valid, recurrent_mask, self.unroll)
     if backward:
       y = _reverse_within_length(y, seq_lengths)
     return carry, y
