@@ -426,8 +426,9 @@ def _recurrence(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
   """The cell over time-major `inputs` [time, batch, in]: ((c, h) final, outputs
   [time, batch, H]).
 
-  The input projection of all time steps is one matmul before the loop. Its
-  gradient is the scan's, but W_h's part of it is one matmul after the loop, the
+  The input projection of all time steps is one matmul before the loop (on CPU
+  without a gradient, one per step inside it: see below). The gradient is the
+  scan's, but W_h's part of it is one matmul after the loop, the
   sum over t of h_{t-1}^T d(W_h h_{t-1}), rather than a [H, 4H] product and sum at
   every step inside the backward loop.
   """
