@@ -1,5 +1,4 @@
-"""Every shipped config validates, builds its model, and schedules the paper's learning rates;
-the host memory a batch is checked against."""
+"""Every shipped config validates, builds its model, and schedules the paper's learning rates."""
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +13,7 @@ from resnet_ln.data import DatasetInfo
 from resnet_ln.train import build
 from resnet_ln.train import optimizer as optimizer_lib
 from resnet_ln.train import trainer
-from resnet_ln.train import validation
-from resnet_ln.train.validation import ConfigError, validate_config
+from resnet_ln.train.validation import validate_config
 
 IMAGENET = DatasetInfo("imagenet2012", "classification", 1000, (224, 224, 3), 1_281_167, 50_000,
                        "train", "validation")
@@ -85,45 +83,3 @@ def test_an_unknown_config_argument_is_a_clear_error(module, arg):
   with pytest.raises(ValueError, match=arg):
     module.get_config(arg)
 
-
-def write_files(root, files):
-  for path, text in files.items():
-    (root / path).parent.mkdir(parents=True, exist_ok=True)
-    (root / path).write_text(text)
-
-
-@pytest.mark.parametrize("membership, files, expected", [
-    # cgroup v2: the lowest limit on the way up from the process's own cgroup.
-    ("0::/jobs/run", {"jobs/memory.max": "8589934592\n", "jobs/run/memory.max": "max\n"},
-     8 * 2**30),
-    # v1 inside a container, whose cgroup is mounted at the root under the host's path.
-    ("9:pids:/docker/abc\n4:memory:/docker/abc\n0::/docker/abc",
-     {"memory/memory.limit_in_bytes": "2147483648\n"}, 2 * 2**30),
-    ("12:cpu,memory:/a", {"memory/a/memory.limit_in_bytes": "1073741824\n",
-                          "memory/memory.limit_in_bytes": "9223372036854771712\n"}, 2**30),
-    # No limit set, or nothing to read.
-    ("4:memory:/a", {"memory/a/memory.limit_in_bytes": "9223372036854771712\n"}, None),
-    ("0::/", {"memory.max": "max\n"}, None),
-    ("0::/", {}, None),
-])
-def test_the_memory_limit_of_the_process_cgroup_is_found(tmp_path, membership, files,
-                                                         expected):
-  write_files(tmp_path, {"proc_self_cgroup": membership,
-                         **{f"fs/{path}": text for path, text in files.items()}})
-  assert validation.cgroup_memory_limit(str(tmp_path / "fs"),
-                                        str(tmp_path / "proc_self_cgroup")) == expected
-  assert validation.cgroup_memory_limit(str(tmp_path / "fs"), str(tmp_path / "none")) is None
-
-
-def test_a_batch_is_checked_against_the_containers_memory_limit(monkeypatch):
-  config = default.get_config()
-  config.batch_size, config.eval_batch_size, config.image_size = 1024, 64, 128
-  needed = 1024 * 128 * 128 * 3 * 4  # 192 MiB of float32 images.
-  monkeypatch.setattr(validation, "cgroup_memory_limit", lambda: needed // 2)
-  with pytest.raises(ConfigError, match=r"config.batch_size=1024 is invalid: one batch of "
-                     r"128x128x3 inputs takes 0.2 GiB on each host, more than the 0.1 GiB memory "
-                     r"limit of its container \(cgroup\)\. Lower config.batch_size, or "
-                     r"config.image_size \(now 128\)\."):
-    validation.check_batches_fit_host(config, (128, 128, 3))
-  monkeypatch.setattr(validation, "cgroup_memory_limit", lambda: needed)
-  validation.check_batches_fit_host(config, (128, 128, 3))

@@ -26,7 +26,6 @@ from unittest import mock
 
 import jax
 import numpy as np
-import pytest
 
 from configs import default
 from resnet_ln import data, train

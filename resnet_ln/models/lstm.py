@@ -143,9 +143,11 @@ class _GateProjection(nn.Module):
 class _FusedLSTMCell(nn.RNNCellBase):
   """The LSTM update shared by `LSTMCell` and `LayerNormLSTMCell`.
 
-  The step is split in two so that `LSTM` can hoist the input part out of the
-  recurrence: `input_gates` depends on x_t alone and runs for all time steps in
-  one matmul; `recurrent_step` is the per-step rest. `__call__` runs both.
+  The step is split in two so that `LSTM` can choose where the input part runs:
+  `input_gates` depends on x_t alone, so it can run for all time steps in one
+  matmul before the recurrence (what `LSTM` does when it differentiates, and on
+  every backend but CPU) or inside it, one step at a time (`LSTM`'s forward
+  pass on CPU); `recurrent_step` is the per-step rest. `__call__` runs both.
   """
 
   features: int
@@ -187,8 +189,8 @@ class _FusedLSTMCell(nn.RNNCellBase):
       inputs: [..., in_features], any number of leading (batch, time) axes.
 
     Returns:
-      [..., 4 * features] in `dtype` (for all time steps at once, so bfloat16
-      halves this array), gate order [f, i, o, g].
+      [..., 4 * features] in `dtype` (so bfloat16 halves the [time, batch, 4H]
+      array when all time steps are projected at once), gate order [f, i, o, g].
     """
     return self.input_proj(inputs).astype(self.dtype)
 

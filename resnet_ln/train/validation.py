@@ -106,46 +106,80 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            "expected 'START:STOP' with 0 <= START < STOP (steps), or '' for no profile")
 
 
-CGROUP_ROOT = "/sys/fs/cgroup"
 # cgroup v1 reports "no limit" as a number near 2**63; v2 as "max".
 _NO_CGROUP_LIMIT = 2**62
 
 
-def cgroup_memory_limit(root: str = CGROUP_ROOT,
-                        membership: str = "/proc/self/cgroup") -> int | None:
+def _read_lines(path: str) -> list[str] | None:
+  try:
+    with open(path) as f:
+      return f.read().splitlines()
+  except (OSError, UnicodeDecodeError):
+    return None
+
+
+def _unescape_octal(field: str) -> str:
+  """A mountinfo path with its escapes (a space is `\\040`) undone."""
+  return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _cgroup_mounts(mountinfo: list[str]) -> list[tuple[str, str, str]]:
+  """(kind, root in its hierarchy, mount point) of each mounted cgroup hierarchy
+  that holds memory limits: kind "v2" (the unified hierarchy) or "v1" (the
+  memory controller's)."""
+  mounts = []
+  for line in mountinfo:
+    # ID parent major:minor root mount-point options [optional...] - type source super-options
+    mount, separator, filesystem = line.partition(" - ")
+    mount, filesystem = mount.split(), filesystem.split()
+    if not separator or len(mount) < 5 or len(filesystem) < 3:
+      continue
+    if filesystem[0] == "cgroup2":
+      kind = "v2"
+    elif filesystem[0] == "cgroup" and "memory" in filesystem[2].split(","):
+      kind = "v1"
+    else:
+      continue
+    mounts.append((kind, _unescape_octal(mount[3]), _unescape_octal(mount[4])))
+  return mounts
+
+
+def cgroup_memory_limit(membership: str = "/proc/self/cgroup",
+                        mountinfo: str = "/proc/self/mountinfo") -> int | None:
   """The lowest memory limit, in bytes, of this process's cgroup and its ancestors.
 
-  Reads cgroup v2 (`memory.max`) and v1 (`memory/.../memory.limit_in_bytes`).
-  The ancestors count because their limits apply too, and because a container
-  often sees its own cgroup mounted at `root` under a path that names the host's
-  hierarchy. None when no limit is set or the files cannot be read.
+  Reads cgroup v2 (`memory.max`) and v1 (`memory.limit_in_bytes`) wherever the
+  hierarchies are mounted (`mountinfo`). A mount may show a hierarchy from below
+  its root (a container's own cgroup): the process's path (`membership`) is
+  taken relative to the mount's root, and the walk up stops at the mount point.
+  None when no limit is set or nothing can be read.
   """
-  try:
-    with open(membership) as f:
-      lines = f.read().splitlines()
-  except OSError:
+  lines, mounts = _read_lines(membership), _read_lines(mountinfo)
+  if lines is None or mounts is None:
     return None
-  hierarchies = []  # (directory of the hierarchy, the process's path in it, limit file)
+  paths = {}  # kind -> the process's path in that hierarchy
   for line in lines:
     fields = line.split(":", 2)  # hierarchy-ID:controllers:path
     if len(fields) != 3:
       continue
     _, controllers, path = fields
-    if controllers == "":  # v2's unified hierarchy.
-      hierarchies.append((root, path, "memory.max"))
+    if controllers == "":
+      paths["v2"] = path
     elif "memory" in controllers.split(","):
-      hierarchies.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes"))
+      paths["v1"] = path
+  limit_file = {"v2": "memory.max", "v1": "memory.limit_in_bytes"}
   limits = []
-  for directory, path, name in hierarchies:
-    parts = [part for part in path.split("/") if part]
+  for kind, mount_root, mount_point in _cgroup_mounts(mounts):
+    path = paths.get(kind)
+    root_parts = [part for part in mount_root.split("/") if part]
+    parts = [part for part in (path or "").split("/") if part]
+    if path is None or parts[:len(root_parts)] != root_parts:
+      continue  # The process's cgroup is not in what this mount shows.
+    parts = parts[len(root_parts):]
     for depth in range(len(parts), -1, -1):
-      try:
-        with open(os.path.join(directory, *parts[:depth], name)) as f:
-          text = f.read().strip()
-      except OSError:
-        continue
-      if text.isdigit() and int(text) < _NO_CGROUP_LIMIT:
-        limits.append(int(text))
+      text = _read_lines(os.path.join(mount_point, *parts[:depth], limit_file[kind]))
+      if text and re.fullmatch(r"[0-9]+", text[0].strip()) and int(text[0]) < _NO_CGROUP_LIMIT:
+        limits.append(int(text[0]))
   return min(limits, default=None)
 
 
