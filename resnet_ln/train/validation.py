@@ -170,16 +170,18 @@ def cgroup_memory_limit(membership: str = "/proc/self/cgroup",
   limit_file = {"v2": "memory.max", "v1": "memory.limit_in_bytes"}
   limits = []
   for kind, mount_root, mount_point in _cgroup_mounts(mounts):
-    path = paths.get(kind)
+    if kind not in paths:
+      continue
     root_parts = [part for part in mount_root.split("/") if part]
-    parts = [part for part in (path or "").split("/") if part]
-    if path is None or parts[:len(root_parts)] != root_parts:
+    parts = [part for part in paths[kind].split("/") if part]
+    if parts[:len(root_parts)] != root_parts:
       continue  # The process's cgroup is not in what this mount shows.
     parts = parts[len(root_parts):]
     for depth in range(len(parts), -1, -1):
-      text = _read_lines(os.path.join(mount_point, *parts[:depth], limit_file[kind]))
-      if text and re.fullmatch(r"[0-9]+", text[0].strip()) and int(text[0]) < _NO_CGROUP_LIMIT:
-        limits.append(int(text[0]))
+      content = _read_lines(os.path.join(mount_point, *parts[:depth], limit_file[kind]))
+      value = content[0].strip() if content else ""
+      if re.fullmatch(r"[0-9]+", value) and int(value) < _NO_CGROUP_LIMIT:
+        limits.append(int(value))
   return min(limits, default=None)
 
 
