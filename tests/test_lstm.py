@@ -441,6 +441,69 @@ def test_bidirectional_layer_gradients_match_autodiff_of_flax_rnn_of_cells(froze
   _assert_trees_close(got_x, want_x, atol=1e-5)
 
 
+GRADIENT_CASES = [
+    pytest.param(LSTMCell(H), LSTM(H, layer_norm=False), id="plain"),
+    pytest.param(LayerNormLSTMCell(H), LSTM(H), id="layer_norm"),
+    pytest.param(
+        LayerNormLSTMCell(H, per_gate=True, normalize_carried_cell=True, epsilon=1e-2),
+        LSTM(H, unroll=2, per_gate=True, normalize_carried_cell=True, epsilon=1e-2),
+        id="per_gate_normalize_carried_cell_unroll_2",
+    ),
+]
+
+
+def _gradients_of_layer_and_of_flax_rnn(cell, model, dtype=jnp.float32):
+  """Gradients (params, inputs, initial carry) of one loss through `model` (its
+  written-out backward pass) and through flax's `nn.RNN(cell)` (JAX's autodiff)."""
+  x = _sequences()
+  rnn = nn.RNN(cell, return_carry=True)
+  params = _random_params(rnn, x, seed=16)["cell"]
+  rng = np.random.default_rng(17)
+  carry = tuple(jnp.asarray(rng.normal(size=(4, H)), dtype) for dtype in (jnp.float32, dtype))
+  weights = jax.random.normal(jax.random.key(18), (4, 6, H))
+  valid = jnp.arange(6)[None, :, None] < LENGTHS[:, None, None]
+
+  def loss(y, final):
+    y = jnp.where(valid, y, 0).astype(jnp.float32)
+    return (jnp.sum(jnp.sin(3 * y) * weights) + jnp.sum(jnp.cos(final[0]))
+            + jnp.sum(jnp.sin(final[1].astype(jnp.float32))))
+
+  def rnn_loss(params, x, carry):
+    final, y = rnn.apply({"params": {"cell": params}}, x, initial_carry=carry,
+                         seq_lengths=LENGTHS)
+    return loss(y, final)
+
+  def layer_loss(params, x, carry):
+    y, (final,) = model.apply({"params": {"layer_0": params}}, x, LENGTHS,
+                              initial_carries=(carry,))
+    return loss(y, final)
+
+  grad = lambda f: jax.jit(jax.grad(f, argnums=(0, 1, 2)))(params, x, carry)
+  return grad(layer_loss), grad(rnn_loss)
+
+
+@pytest.mark.parametrize("cell, model", GRADIENT_CASES)
+def test_layer_gradients_match_autodiff_of_flax_rnn_of_the_cell(cell, model):
+  got, want = _gradients_of_layer_and_of_flax_rnn(cell, model)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=2e-5, rtol=1e-5), got, want)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "layer_norm"])
+def test_bfloat16_layer_gradients_stay_close_to_autodiff_of_the_bfloat16_cell(layer_norm):
+  cell_type = LayerNormLSTMCell if layer_norm else LSTMCell
+  got, want = _gradients_of_layer_and_of_flax_rnn(
+      cell_type(H, dtype=jnp.bfloat16), LSTM(H, layer_norm=layer_norm, dtype=jnp.bfloat16),
+      jnp.bfloat16)
+  exact, _ = _gradients_of_layer_and_of_flax_rnn(cell_type(H), LSTM(H, layer_norm=layer_norm))
+  # The two bfloat16 computations round in different places (the layer saves the
+  # float32 gate activations, autodiff recomputes its own): they differ by a few
+  # 1e-3 of each gradient's scale, less than either differs from float32.
+  assert [g.dtype for g in jax.tree.leaves(got)] == [w.dtype for w in jax.tree.leaves(want)]
+  for g, w, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(exact)):
+    g, w, e = (np.asarray(a, np.float32) for a in (g, w, e))
+    assert np.abs(g - w).max() <= 0.01 * np.abs(e).max()
+
+
 def test_bfloat16_compute_with_float32_params_stays_finite():
   x = 30.0 * _sequences(time=24)
   model = LSTM(H, dtype=jnp.bfloat16)

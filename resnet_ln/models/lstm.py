@@ -89,17 +89,36 @@ def _forget_bias_init(forget_bias: float) -> Initializer:
   return init
 
 
+def _normalized(x: Array, num_groups: int, epsilon: float) -> tuple[Array, Array]:
+  """(x - mean) / sqrt(var + epsilon) over the last axis split into `num_groups`
+  equal groups, and the 1 / sqrt(var + epsilon) [..., num_groups].
+
+  Statistics are computed in (at least) float32 whatever the dtype of `x`; the
+  results are float32 (float64 for float64 inputs).
+  """
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  grouped = x.reshape(x.shape[:-1] + (num_groups, x.shape[-1] // num_groups))
+  centered = grouped - grouped.mean(-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.square(centered).mean(-1, keepdims=True) + epsilon)
+  return (centered * rstd).reshape(x.shape), rstd[..., 0]
+
+
+def _normalized_vjp(d_normalized: Array, normalized: Array, rstd: Array) -> Array:
+  """The gradient of `_normalized`'s input from that of its output, given the output
+  and the 1 / sqrt(var + epsilon) [..., num_groups] it returned."""
+  groups = d_normalized.shape[:-1] + (rstd.shape[-1], -1)
+  d, y = d_normalized.reshape(groups), normalized.reshape(groups)
+  d_x = rstd[..., None] * (d - d.mean(-1, keepdims=True) - y * (d * y).mean(-1, keepdims=True))
+  return d_x.reshape(d_normalized.shape)
+
+
 def _layer_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: float) -> Array:
   """LayerNorm over the last axis split into `num_groups` equal groups.
 
   Statistics are computed in (at least) float32 whatever the dtype of `x`; the
   result is float32 (float64 for float64 inputs).
   """
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  grouped = x.reshape(x.shape[:-1] + (num_groups, x.shape[-1] // num_groups))
-  mean = grouped.mean(-1, keepdims=True)
-  var = jnp.square(grouped - mean).mean(-1, keepdims=True)
-  y = ((grouped - mean) * jax.lax.rsqrt(var + epsilon)).reshape(x.shape)
+  y, _ = _normalized(x, num_groups, epsilon)
   return y * scale.astype(y.dtype) + bias.astype(y.dtype)
 
 
@@ -121,9 +140,8 @@ class _GateProjection(nn.Module):
   param_dtype: Dtype
 
   @nn.compact
-  def __call__(self, z: Array, offset: Array | None = None) -> Array:
-    """LN(W z + offset), or W z + offset; `offset` (default none, in the product's
-    dtype: at least float32) is added before the LayerNorm."""
+  def __call__(self, z: Array) -> Array:
+    """LN(W z), or W z."""
     kernel = self.param("kernel", self.kernel_init, (z.shape[-1], self.features), self.param_dtype)
     # Accumulate in float32 so the LayerNorm sees the unrounded product.
     y = jnp.dot(
@@ -131,8 +149,6 @@ class _GateProjection(nn.Module):
         kernel.astype(self.dtype),
         preferred_element_type=jnp.promote_types(self.dtype, jnp.float32),
     )
-    if offset is not None:
-      y = y + offset
     if self.num_groups is not None:
       scale = self.param("scale", nn.initializers.ones, (self.features,), self.param_dtype)
       bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
@@ -171,9 +187,10 @@ class _FusedLSTMCell(nn.RNNCellBase):
         param_dtype=self.param_dtype,
     )
 
-  def _cell_output(self, c: Array) -> tuple[Array, Array]:
-    """Returns (the cell state under h's tanh, the carried cell state)."""
-    return c, c
+  def _cell_output(self, c: Array) -> tuple[Array, Array, tuple[Array, Array] | None]:
+    """Returns (the cell state under h's tanh, the carried cell state, LN(c)'s
+    normalised c and 1 / std, or None without it)."""
+    return c, c, None
 
   def setup(self) -> None:
     self.input_proj = self._projection(self.kernel_init)
@@ -196,7 +213,6 @@ class _FusedLSTMCell(nn.RNNCellBase):
 
   def recurrent_step(
       self, carry: Carry, input_gates: Array, recurrent_mask: Array | None = None,
-      recurrent_offset: Array | None = None,
   ) -> tuple[Carry, Array]:
     """One time step given the precomputed `input_gates`.
 
@@ -205,9 +221,6 @@ class _FusedLSTMCell(nn.RNNCellBase):
       input_gates: [batch, 4 * features] from `input_gates`.
       recurrent_mask: optional [batch, features] dropout mask (already scaled)
         applied to h before W_h.
-      recurrent_offset: optional [batch, 4 * features] (at least float32) added
-        to W_h h before its LayerNorm: zeros whose gradient is that of W_h h
-        (`LSTM`'s backward pass computes W_h's gradient from it, after the loop).
 
     Returns:
       ((c, h), h), the new carry and the output [batch, features].
@@ -222,13 +235,26 @@ class _FusedLSTMCell(nn.RNNCellBase):
     update_dtype = jnp.promote_types(self.dtype, jnp.float32)
     # The gate bias is added here, not in the hoisted part, where it would cost a
     # pass over the [time, batch, 4H] array; here it fuses into the gate math.
-    gates = (self.recurrent_proj(h_in, recurrent_offset) + input_gates.astype(update_dtype)
+    gates = (self.recurrent_proj(h_in) + input_gates.astype(update_dtype)
              + self.gate_bias.astype(update_dtype))
+    return self._update(gates, c, h.dtype)[0]
+
+  def _update(self, gates: Array, c: Array,
+              h_dtype: Dtype) -> tuple[tuple[Carry, Array], tuple[Any, ...]]:
+    """The step from the gate pre-activations [batch, 4H] (at least float32) and c.
+
+    Returns:
+      (((c, h), h), residuals): the new carry and output as `recurrent_step`'s,
+      and what `_step_vjp` needs: the gate activations [batch, 4H], tanh of the
+      cell state under h's tanh, and `_cell_output`'s LayerNorm parts.
+    """
     f, i, o, g = jnp.split(gates, 4, axis=-1)
-    new_c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
-    c_out, c_carried = self._cell_output(new_c)
-    new_h = (nn.sigmoid(o) * jnp.tanh(c_out)).astype(h.dtype)
-    return (c_carried.astype(c.dtype), new_h), new_h
+    f, i, o, g = nn.sigmoid(f), nn.sigmoid(i), nn.sigmoid(o), jnp.tanh(g)
+    c_out, c_carried, cell_norm = self._cell_output(f * c + i * g)
+    tanh_c = jnp.tanh(c_out)
+    new_h = (o * tanh_c).astype(h_dtype)
+    activations = jnp.concatenate([f, i, o, g], axis=-1)
+    return ((c_carried.astype(c.dtype), new_h), new_h), (activations, tanh_c, cell_norm)
 
   def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
     """One time step.
@@ -313,9 +339,10 @@ class LayerNormLSTMCell(_FusedLSTMCell):
         param_dtype=self.param_dtype,
     )
 
-  def _cell_output(self, c: Array) -> tuple[Array, Array]:
-    c_norm = _layer_norm(c, self.cell_scale, self.cell_bias, 1, self.epsilon)
-    return c_norm, c_norm if self.normalize_carried_cell else c
+  def _cell_output(self, c: Array) -> tuple[Array, Array, tuple[Array, Array]]:
+    c_hat, rstd = _normalized(c, 1, self.epsilon)
+    c_norm = c_hat * self.cell_scale.astype(c_hat.dtype) + self.cell_bias.astype(c_hat.dtype)
+    return c_norm, c_norm if self.normalize_carried_cell else c, (c_hat, rstd)
 
   def setup(self) -> None:
     super().setup()
@@ -370,48 +397,35 @@ def _recurrent_input(h: Array, recurrent_mask: Array | None) -> Array:
 
 def _scan_steps(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry: Carry,
                 inputs: Array, valid: Array | None, recurrent_mask: Array | None,
-                recurrent_offsets: Array | None = None, return_h_in: bool = False,
-                project_inputs: bool = False) -> tuple[tuple[Carry, Array], Array | None]:
+                project_inputs: bool = False) -> tuple[Carry, Array]:
   """Scans the unbound `cell` with `params` over time-major `inputs`: the input
   gates [time, batch, 4H] from `input_gates`, fed to `recurrent_step`, or with
   `project_inputs` the layer inputs x [time, batch, in], projected at each step.
 
   Where `valid` [time, batch] is False the carry is kept and the output is zero,
   so the final carry is the one at each sequence's last valid step.
-  `recurrent_offsets` [time, batch, 4H] are added to W_h h. With `return_h_in`
-  it also returns the h that met W_h at each step, [time, batch, H] in the
-  cell's dtype (else None).
   """
 
   def step(carry, xs):
-    inputs_t, valid_t, offset_t = xs
+    inputs_t, valid_t = xs
     if project_inputs:
       inputs_t = cell.apply({"params": params}, inputs_t, method=_FusedLSTMCell.input_gates)
-    new_carry, h = cell.apply({"params": params}, carry, inputs_t, recurrent_mask, offset_t,
+    new_carry, h = cell.apply({"params": params}, carry, inputs_t, recurrent_mask,
                               method=_FusedLSTMCell.recurrent_step)
-    if valid_t is not None:
-      keep = valid_t[:, None]
-      new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
-      h = jnp.where(keep, h, jnp.zeros_like(h))
-    h_in = None
-    if return_h_in:
-      h_in = _recurrent_input(carry[1], recurrent_mask).astype(cell.dtype)
-    return new_carry, (h, h_in)
+    return _keep_invalid(valid_t, carry, new_carry, h)
 
-  carry, (outputs, h_ins) = jax.lax.scan(
-      step, carry, (inputs, valid, recurrent_offsets), unroll=unroll)
-  return (carry, outputs), h_ins
+  return jax.lax.scan(step, carry, (inputs, valid), unroll=unroll)
 
 
-def _split_kernel(params: dict[str, Any]) -> tuple[Array, dict[str, Any]]:
-  """(W_h, the other recurrent parameters)."""
-  projection = dict(params["recurrent_proj"])
-  kernel = projection.pop("kernel")
-  return kernel, {**params, "recurrent_proj": projection}
-
-
-def _join_kernel(kernel: Array, rest: dict[str, Any]) -> dict[str, Any]:
-  return {**rest, "recurrent_proj": {**rest["recurrent_proj"], "kernel": kernel}}
+def _keep_invalid(valid_t: Array | None, carry: Carry, new_carry: Carry,
+                  h: Array) -> tuple[Carry, Array]:
+  """(new carry, output) of a step: the old carry and a zero output where `valid_t`
+  [batch] is False."""
+  if valid_t is None:
+    return new_carry, h
+  keep = valid_t[:, None]
+  new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+  return new_carry, jnp.where(keep, h, jnp.zeros_like(h))
 
 
 def _input_gates(cell: _FusedLSTMCell, params: dict[str, Any], input_params: dict[str, Any],
@@ -419,6 +433,13 @@ def _input_gates(cell: _FusedLSTMCell, params: dict[str, Any], input_params: dic
   """The unbound `cell`'s `input_gates` of `inputs` with its input projection's `input_params`."""
   return cell.apply({"params": {**params, "input_proj": input_params}}, inputs,
                     method=_FusedLSTMCell.input_gates)
+
+
+def _recurrent_groups(cell: _FusedLSTMCell) -> int | None:
+  """The number of LayerNorm groups of W_h h: None for the plain cell."""
+  if not isinstance(cell, LayerNormLSTMCell):
+    return None
+  return 4 if cell.per_gate else 1
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -429,18 +450,19 @@ def _recurrence(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
   [time, batch, H]).
 
   The input projection of all time steps is one matmul before the loop (on CPU
-  without a gradient, one per step inside it: see below). The gradient is the
-  scan's, but W_h's part of it is one matmul after the loop, the
-  sum over t of h_{t-1}^T d(W_h h_{t-1}), rather than a [H, 4H] product and sum at
-  every step inside the backward loop.
+  without a gradient, one per step inside it: see below). The backward pass is
+  written out (`_recurrence_fwd`, `_recurrence_bwd`): the forward loop saves
+  the gate activations and the LayerNorms' normalised values and 1 / std, the
+  backward loop does one elementwise pass and one [4H, H] matmul per step, and
+  the parameters' gradients are matmuls and sums over all steps after it.
   """
   def hoisted(inputs):
     input_gates = _input_gates(cell, params, params["input_proj"], inputs)
-    return _scan_steps(cell, unroll, params, carry, input_gates, valid, recurrent_mask)[0]
+    return _scan_steps(cell, unroll, params, carry, input_gates, valid, recurrent_mask)
 
   def per_step(inputs):
     return _scan_steps(cell, unroll, params, carry, inputs, valid, recurrent_mask,
-                       project_inputs=True)[0]
+                       project_inputs=True)
 
   # Without a gradient (eval, inference), on CPU each step projects its own input
   # inside the loop: XLA:CPU then neither writes nor reads back a [time, batch, 4H]
@@ -452,33 +474,99 @@ def _recurrence(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
 def _recurrence_fwd(cell, unroll, params, carry, inputs, valid, recurrent_mask):
   input_gates, input_vjp = jax.vjp(functools.partial(_input_gates, cell, params),
                                    params["input_proj"], inputs)
-  kernel, rest = _split_kernel({k: v for k, v in params.items() if k != "input_proj"})
   update_dtype = jnp.promote_types(cell.dtype, jnp.float32)
-  # The gradient of W_h h is that of the gates, so of `input_gates` when neither a
-  # LayerNorm nor a rounding stands between them; otherwise zero offsets added
-  # to W_h h give it.
-  offsets = None
-  if isinstance(cell, LayerNormLSTMCell) or input_gates.dtype != update_dtype:
-    offsets = jnp.zeros(input_gates.shape[:-1] + kernel.shape[-1:], update_dtype)
+  recurrent = params["recurrent_proj"]
+  kernel = recurrent["kernel"].astype(cell.dtype)
+  groups = _recurrent_groups(cell)
+  gate_bias = params["gate_bias"].astype(update_dtype)
 
-  # W_h is held constant here, so the backward loop does not accumulate its gradient.
-  def scan(rest, carry, input_gates, offsets):
-    return _scan_steps(cell, unroll, _join_kernel(kernel, rest), carry, input_gates, valid,
-                       recurrent_mask, offsets, return_h_in=True)
+  def step(carry, xs):
+    input_gates_t, valid_t = xs
+    c, h = carry
+    h_in = _recurrent_input(h, recurrent_mask).astype(cell.dtype)
+    gates = jnp.dot(h_in, kernel, preferred_element_type=update_dtype)
+    recurrent_norm = None
+    if groups is not None:
+      normalized, rstd = _normalized(gates, groups, cell.epsilon)
+      gates = (normalized * recurrent["scale"].astype(normalized.dtype)
+               + recurrent["bias"].astype(normalized.dtype))
+      recurrent_norm = (normalized, rstd)
+    gates = gates + input_gates_t.astype(update_dtype) + gate_bias
+    (new_carry, new_h), (activations, tanh_c, cell_norm) = cell.apply(
+        {"params": params}, gates, c, h.dtype, method=_FusedLSTMCell._update)
+    new_carry, new_h = _keep_invalid(valid_t, carry, new_carry, new_h)
+    return new_carry, (new_h, (h_in, c, activations, tanh_c, recurrent_norm, cell_norm))
 
-  outputs, scan_vjp, h_ins = jax.vjp(scan, rest, carry, input_gates, offsets, has_aux=True)
-  return outputs, (input_vjp, scan_vjp, h_ins, kernel, valid, recurrent_mask)
+  final, (outputs, steps) = jax.lax.scan(step, carry, (input_gates, valid), unroll=unroll)
+  residuals = (input_vjp, steps, params, valid, recurrent_mask)
+  return (final, outputs), residuals
 
 
 def _recurrence_bwd(cell, unroll, residuals, cotangents):
-  del unroll
-  input_vjp, scan_vjp, h_ins, kernel, valid, recurrent_mask = residuals
-  d_rest, d_carry, d_input_gates, d_offsets = scan_vjp(cotangents)
-  d_recurrent = d_input_gates if d_offsets is None else d_offsets
-  d_kernel = jnp.einsum("tbh,tbg->hg", h_ins, d_recurrent.astype(cell.dtype),
-                        preferred_element_type=jnp.promote_types(cell.dtype, jnp.float32))
-  d_input_proj, d_inputs = input_vjp(d_input_gates)
-  d_params = {**_join_kernel(d_kernel.astype(kernel.dtype), d_rest), "input_proj": d_input_proj}
+  input_vjp, steps, params, valid, recurrent_mask = residuals
+  (d_final_c, d_final_h), d_outputs = cotangents
+  c_dtype, h_dtype = d_final_c.dtype, d_final_h.dtype  # Those of the carry.
+  update_dtype = jnp.promote_types(cell.dtype, jnp.float32)
+  recurrent = params["recurrent_proj"]
+  kernel_t = recurrent["kernel"].astype(cell.dtype).T
+  normalize_carried = getattr(cell, "normalize_carried_cell", False)
+
+  def step(d_carry, xs):
+    d_out_t, valid_t, (_, c, activations, tanh_c, recurrent_norm, cell_norm) = xs
+    d_c, d_h = d_carry[0].astype(update_dtype), (d_carry[1] + d_out_t).astype(update_dtype)
+    if valid_t is not None:  # A kept carry passes its gradient on; the step gets none.
+      keep = valid_t[:, None]
+      d_c_kept = jnp.where(keep, jnp.zeros_like(d_carry[0]), d_carry[0])
+      d_h_kept = jnp.where(keep, jnp.zeros_like(d_carry[1]), d_carry[1])
+      d_c, d_h = jnp.where(keep, d_c, 0), jnp.where(keep, d_h, 0)
+    f, i, o, g = jnp.split(activations, 4, axis=-1)
+    d_o = d_h * tanh_c * o * (1 - o)
+    d_c_out = d_h * o * (1 - jnp.square(tanh_c))
+    if cell_norm is None:
+      d_new_c = d_c_out + d_c
+    else:
+      if normalize_carried:
+        d_c_out = d_c_out + d_c
+      c_hat, rstd = cell_norm
+      d_new_c = _normalized_vjp(d_c_out * params["cell_scale"].astype(update_dtype), c_hat, rstd)
+      if not normalize_carried:
+        d_new_c = d_new_c + d_c
+    d_gates = jnp.concatenate([d_new_c * c * f * (1 - f), d_new_c * g * i * (1 - i), d_o,
+                               d_new_c * i * (1 - jnp.square(g))], axis=-1)
+    d_pre = d_gates
+    if recurrent_norm is not None:
+      normalized, rstd = recurrent_norm
+      d_pre = _normalized_vjp(d_gates * recurrent["scale"].astype(update_dtype), normalized, rstd)
+    d_h_in = jnp.dot(d_pre.astype(cell.dtype), kernel_t, preferred_element_type=update_dtype)
+    d_prev = ((d_new_c * f).astype(c_dtype),
+              _recurrent_input(d_h_in, recurrent_mask).astype(h_dtype))
+    if valid_t is not None:
+      d_prev = (d_prev[0] + d_c_kept, d_prev[1] + d_h_kept)
+    # Stacked once each: without a LayerNorm, d_pre is d_gates.
+    return d_prev, (d_gates, None if recurrent_norm is None else d_pre,
+                    None if cell_norm is None else d_c_out)
+
+  d_carry, (d_gates, d_pre, d_c_out) = jax.lax.scan(
+      step, (d_final_c, d_final_h), (d_outputs, valid, steps), reverse=True, unroll=unroll)
+  h_in, _, _, _, recurrent_norm, cell_norm = steps
+  if d_pre is None:
+    d_pre = d_gates
+
+  def total(*operands):  # The sum over time and batch of their product, per unit.
+    spec = ",".join("tbu" for _ in operands)
+    return jnp.einsum(f"{spec}->u", *operands, preferred_element_type=update_dtype)
+
+  d_recurrent = {"kernel": jnp.einsum("tbh,tbg->hg", h_in, d_pre.astype(cell.dtype),
+                                      preferred_element_type=update_dtype)}
+  d_params = {"gate_bias": total(d_gates)}
+  if recurrent_norm is not None:
+    d_recurrent.update(scale=total(d_gates, recurrent_norm[0]), bias=d_params["gate_bias"])
+  if cell_norm is not None:
+    d_params.update(cell_scale=total(d_c_out, cell_norm[0]), cell_bias=total(d_c_out))
+  d_params["recurrent_proj"] = d_recurrent
+  d_input_proj, d_inputs = input_vjp(d_gates.astype(cell.dtype))
+  d_params["input_proj"] = d_input_proj
+  d_params = jax.tree.map(lambda d, p: d.astype(p.dtype), d_params, params)
   # Neither the validity nor the dropout mask depends on a parameter.
   d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)
   d_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
@@ -514,9 +602,10 @@ class LSTM(nn.Module):
   Each layer computes the input projection (and its LayerNorm) for all time steps
   in one matmul, then scans the recurrent part with one fused [H, 4H] matmul per
   step (a forward pass without a gradient on CPU projects each step's input inside
-  the loop instead, which XLA:CPU runs faster). Its backward pass (a custom VJP)
-  computes W_h's gradient in one matmul over all steps after the loop, not at
-  every step inside it; so the layer is
+  the loop instead, which XLA:CPU runs faster). Its backward pass is written out
+  (a custom VJP): the forward loop saves the gate activations and LayerNorm
+  statistics, the backward loop runs one elementwise pass and one matmul per
+  step, and W_h's gradient is one matmul over all steps after it. So the layer is
   differentiable in reverse mode (`jax.grad`, `jax.vjp`) but not in forward mode
   (`jax.jvp`, `jax.jacfwd`). Layer parameters are named `layer_{i}` (and
   `layer_{i}_backward` for the backward direction) and have exactly a cell's
