@@ -143,17 +143,36 @@ class _GateProjection(nn.Module):
   def __call__(self, z: Array) -> Array:
     """LN(W z), or W z."""
     kernel = self.param("kernel", self.kernel_init, (z.shape[-1], self.features), self.param_dtype)
-    # Accumulate in float32 so the LayerNorm sees the unrounded product.
-    y = jnp.dot(
-        z.astype(self.dtype),
-        kernel.astype(self.dtype),
-        preferred_element_type=jnp.promote_types(self.dtype, jnp.float32),
-    )
+    y = _product(z, kernel, self.dtype)
+    norm = {}
     if self.num_groups is not None:
-      scale = self.param("scale", nn.initializers.ones, (self.features,), self.param_dtype)
-      bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-      y = _layer_norm(y, scale, bias, self.num_groups, self.epsilon)
+      norm["scale"] = self.param("scale", nn.initializers.ones, (self.features,), self.param_dtype)
+      norm["bias"] = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    return _gate_norm(y, norm, self.num_groups, self.epsilon)
+
+
+def _product(z: Array, kernel: Array, dtype: Dtype) -> Array:
+  """z @ kernel in `dtype`, accumulated and returned in (at least) float32, so a
+  LayerNorm after it sees the unrounded product."""
+  return jnp.dot(z.astype(dtype), kernel.astype(dtype),
+                 preferred_element_type=jnp.promote_types(dtype, jnp.float32))
+
+
+def _gate_norm(y: Array, norm: dict[str, Array], num_groups: int | None,
+               epsilon: float) -> Array:
+  """`_GateProjection`'s LayerNorm of the product `y` with its `norm` {"scale", "bias"}
+  (`y` itself when `num_groups` is None)."""
+  if num_groups is None:
     return y
+  return _layer_norm(y, norm["scale"], norm["bias"], num_groups, epsilon)
+
+
+def _summed_outer(a: Array, b: Array, dtype: Dtype) -> Array:
+  """The sum over the leading axes of a^T b, in `dtype` accumulated in (at least)
+  float32: [in, out] from a [..., in] and b [..., out], as one 2-D matmul (XLA:CPU
+  transposes a 3-D contraction's larger operand first)."""
+  a, b = (x.reshape(-1, x.shape[-1]).astype(dtype) for x in (a, b))
+  return jnp.dot(a.T, b, preferred_element_type=jnp.promote_types(dtype, jnp.float32))
 
 
 class _FusedLSTMCell(nn.RNNCellBase):
@@ -435,11 +454,12 @@ def _input_gates(cell: _FusedLSTMCell, params: dict[str, Any], input_params: dic
                     method=_FusedLSTMCell.input_gates)
 
 
-def _recurrent_groups(cell: _FusedLSTMCell) -> int | None:
-  """The number of LayerNorm groups of W_h h: None for the plain cell."""
+def _norm_config(cell: _FusedLSTMCell) -> tuple[int | None, float]:
+  """(number of groups, epsilon) of the LayerNorms of W_x x and W_h h: (None, 0.0)
+  for the plain cell."""
   if not isinstance(cell, LayerNormLSTMCell):
-    return None
-  return 4 if cell.per_gate else 1
+    return None, 0.0
+  return 4 if cell.per_gate else 1, cell.epsilon
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -472,12 +492,16 @@ def _recurrence(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
 
 
 def _recurrence_fwd(cell, unroll, params, carry, inputs, valid, recurrent_mask):
-  input_gates, input_vjp = jax.vjp(functools.partial(_input_gates, cell, params),
-                                   params["input_proj"], inputs)
+  groups, epsilon = _norm_config(cell)
+  # `input_gates` in two parts: W_x's and x's gradients are computed here, as 2-D
+  # matmuls (`_recurrence_bwd`); JAX differentiates the LayerNorm and the rounding.
+  input_norm = {k: v for k, v in params["input_proj"].items() if k != "kernel"}
+  input_gates, input_norm_vjp = jax.vjp(
+      lambda y, norm: _gate_norm(y, norm, groups, epsilon).astype(cell.dtype),
+      _product(inputs, params["input_proj"]["kernel"], cell.dtype), input_norm)
   update_dtype = jnp.promote_types(cell.dtype, jnp.float32)
   recurrent = params["recurrent_proj"]
   kernel = recurrent["kernel"].astype(cell.dtype)
-  groups = _recurrent_groups(cell)
   gate_bias = params["gate_bias"].astype(update_dtype)
 
   def step(carry, xs):
@@ -487,7 +511,7 @@ def _recurrence_fwd(cell, unroll, params, carry, inputs, valid, recurrent_mask):
     gates = jnp.dot(h_in, kernel, preferred_element_type=update_dtype)
     recurrent_norm = None
     if groups is not None:
-      normalized, rstd = _normalized(gates, groups, cell.epsilon)
+      normalized, rstd = _normalized(gates, groups, epsilon)
       gates = (normalized * recurrent["scale"].astype(normalized.dtype)
                + recurrent["bias"].astype(normalized.dtype))
       recurrent_norm = (normalized, rstd)
@@ -498,12 +522,12 @@ def _recurrence_fwd(cell, unroll, params, carry, inputs, valid, recurrent_mask):
     return new_carry, (new_h, (h_in, c, activations, tanh_c, recurrent_norm, cell_norm))
 
   final, (outputs, steps) = jax.lax.scan(step, carry, (input_gates, valid), unroll=unroll)
-  residuals = (input_vjp, steps, params, valid, recurrent_mask)
+  residuals = (input_norm_vjp, inputs, steps, params, valid, recurrent_mask)
   return (final, outputs), residuals
 
 
 def _recurrence_bwd(cell, unroll, residuals, cotangents):
-  input_vjp, steps, params, valid, recurrent_mask = residuals
+  input_norm_vjp, inputs, steps, params, valid, recurrent_mask = residuals
   (d_final_c, d_final_h), d_outputs = cotangents
   c_dtype, h_dtype = d_final_c.dtype, d_final_h.dtype  # Those of the carry.
   update_dtype = jnp.promote_types(cell.dtype, jnp.float32)
@@ -556,16 +580,18 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
     spec = ",".join("tbu" for _ in operands)
     return jnp.einsum(f"{spec}->u", *operands, preferred_element_type=update_dtype)
 
-  d_recurrent = {"kernel": jnp.einsum("tbh,tbg->hg", h_in, d_pre.astype(cell.dtype),
-                                      preferred_element_type=update_dtype)}
+  d_recurrent = {"kernel": _summed_outer(h_in, d_pre, cell.dtype)}
   d_params = {"gate_bias": total(d_gates)}
   if recurrent_norm is not None:
     d_recurrent.update(scale=total(d_gates, recurrent_norm[0]), bias=d_params["gate_bias"])
   if cell_norm is not None:
     d_params.update(cell_scale=total(d_c_out, cell_norm[0]), cell_bias=total(d_c_out))
   d_params["recurrent_proj"] = d_recurrent
-  d_input_proj, d_inputs = input_vjp(d_gates.astype(cell.dtype))
-  d_params["input_proj"] = d_input_proj
+  d_input_product, d_input_norm = input_norm_vjp(d_gates.astype(cell.dtype))
+  input_kernel = params["input_proj"]["kernel"]
+  d_params["input_proj"] = {**d_input_norm,
+                            "kernel": _summed_outer(inputs, d_input_product, cell.dtype)}
+  d_inputs = _product(d_input_product, input_kernel.T, cell.dtype).astype(inputs.dtype)
   d_params = jax.tree.map(lambda d, p: d.astype(p.dtype), d_params, params)
   # Neither the validity nor the dropout mask depends on a parameter.
   d_valid = None if valid is None else np.zeros(valid.shape, jax.dtypes.float0)
