@@ -148,7 +148,7 @@ class _GateProjection(nn.Module):
     if self.num_groups is not None:
       norm["scale"] = self.param("scale", nn.initializers.ones, (self.features,), self.param_dtype)
       norm["bias"] = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-    return _gate_norm(y, norm, self.num_groups, self.epsilon)
+    return _gate_norm(y, norm, self.num_groups, self.epsilon)[0]
 
 
 def _product(z: Array, kernel: Array, dtype: Dtype) -> Array:
@@ -159,12 +159,24 @@ def _product(z: Array, kernel: Array, dtype: Dtype) -> Array:
 
 
 def _gate_norm(y: Array, norm: dict[str, Array], num_groups: int | None,
-               epsilon: float) -> Array:
+               epsilon: float) -> tuple[Array, tuple[Array, Array] | None]:
   """`_GateProjection`'s LayerNorm of the product `y` with its `norm` {"scale", "bias"}
-  (`y` itself when `num_groups` is None)."""
+  (`y` itself when `num_groups` is None), and what `_gate_norm_vjp` needs: the
+  normalised `y` and its 1 / std (None without a LayerNorm)."""
   if num_groups is None:
-    return y
-  return _layer_norm(y, norm["scale"], norm["bias"], num_groups, epsilon)
+    return y, None
+  normalized, rstd = _normalized(y, num_groups, epsilon)
+  scale, bias = (norm[k].astype(normalized.dtype) for k in ("scale", "bias"))
+  return normalized * scale + bias, (normalized, rstd)
+
+
+def _gate_norm_vjp(d_out: Array, norm: dict[str, Array],
+                   residual: tuple[Array, Array] | None) -> Array:
+  """The gradient of `_gate_norm`'s `y` from that of its output (its scale's and
+  bias's are sums over steps, which the caller does)."""
+  if residual is None:
+    return d_out
+  return _normalized_vjp(d_out * norm["scale"].astype(d_out.dtype), *residual)
 
 
 def _summed_outer(a: Array, b: Array, dtype: Dtype) -> Array:
@@ -493,28 +505,21 @@ def _recurrence(cell: _FusedLSTMCell, unroll: int, params: dict[str, Any], carry
 
 def _recurrence_fwd(cell, unroll, params, carry, inputs, valid, recurrent_mask):
   groups, epsilon = _norm_config(cell)
-  # `input_gates` in two parts: W_x's and x's gradients are computed here, as 2-D
-  # matmuls (`_recurrence_bwd`); JAX differentiates the LayerNorm and the rounding.
-  input_norm = {k: v for k, v in params["input_proj"].items() if k != "kernel"}
-  input_gates, input_norm_vjp = jax.vjp(
-      lambda y, norm: _gate_norm(y, norm, groups, epsilon).astype(cell.dtype),
-      _product(inputs, params["input_proj"]["kernel"], cell.dtype), input_norm)
+  # `input_gates`, as `_GateProjection` and the cell compute it, keeping its LayerNorm's parts.
+  input_gates, input_norm = _gate_norm(
+      _product(inputs, params["input_proj"]["kernel"], cell.dtype), params["input_proj"],
+      groups, epsilon)
+  input_gates = input_gates.astype(cell.dtype)
   update_dtype = jnp.promote_types(cell.dtype, jnp.float32)
   recurrent = params["recurrent_proj"]
-  kernel = recurrent["kernel"].astype(cell.dtype)
   gate_bias = params["gate_bias"].astype(update_dtype)
 
   def step(carry, xs):
     input_gates_t, valid_t = xs
     c, h = carry
     h_in = _recurrent_input(h, recurrent_mask).astype(cell.dtype)
-    gates = jnp.dot(h_in, kernel, preferred_element_type=update_dtype)
-    recurrent_norm = None
-    if groups is not None:
-      normalized, rstd = _normalized(gates, groups, epsilon)
-      gates = (normalized * recurrent["scale"].astype(normalized.dtype)
-               + recurrent["bias"].astype(normalized.dtype))
-      recurrent_norm = (normalized, rstd)
+    gates, recurrent_norm = _gate_norm(_product(h_in, recurrent["kernel"], cell.dtype),
+                                       recurrent, groups, epsilon)
     gates = gates + input_gates_t.astype(update_dtype) + gate_bias
     (new_carry, new_h), (activations, tanh_c, cell_norm) = cell.apply(
         {"params": params}, gates, c, h.dtype, method=_FusedLSTMCell._update)
@@ -522,17 +527,17 @@ def _recurrence_fwd(cell, unroll, params, carry, inputs, valid, recurrent_mask):
     return new_carry, (new_h, (h_in, c, activations, tanh_c, recurrent_norm, cell_norm))
 
   final, (outputs, steps) = jax.lax.scan(step, carry, (input_gates, valid), unroll=unroll)
-  residuals = (input_norm_vjp, inputs, steps, params, valid, recurrent_mask)
+  residuals = (input_norm, inputs, steps, params, valid, recurrent_mask)
   return (final, outputs), residuals
 
 
 def _recurrence_bwd(cell, unroll, residuals, cotangents):
-  input_norm_vjp, inputs, steps, params, valid, recurrent_mask = residuals
+  input_norm, inputs, steps, params, valid, recurrent_mask = residuals
   (d_final_c, d_final_h), d_outputs = cotangents
   c_dtype, h_dtype = d_final_c.dtype, d_final_h.dtype  # Those of the carry.
   update_dtype = jnp.promote_types(cell.dtype, jnp.float32)
   recurrent = params["recurrent_proj"]
-  kernel_t = recurrent["kernel"].astype(cell.dtype).T
+  kernel_t = recurrent["kernel"].T
   normalize_carried = getattr(cell, "normalize_carried_cell", False)
 
   def step(d_carry, xs):
@@ -557,11 +562,8 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
         d_new_c = d_new_c + d_c
     d_gates = jnp.concatenate([d_new_c * c * f * (1 - f), d_new_c * g * i * (1 - i), d_o,
                                d_new_c * i * (1 - jnp.square(g))], axis=-1)
-    d_pre = d_gates
-    if recurrent_norm is not None:
-      normalized, rstd = recurrent_norm
-      d_pre = _normalized_vjp(d_gates * recurrent["scale"].astype(update_dtype), normalized, rstd)
-    d_h_in = jnp.dot(d_pre.astype(cell.dtype), kernel_t, preferred_element_type=update_dtype)
+    d_pre = _gate_norm_vjp(d_gates, recurrent, recurrent_norm)
+    d_h_in = _product(d_pre, kernel_t, cell.dtype)
     d_prev = ((d_new_c * f).astype(c_dtype),
               _recurrent_input(d_h_in, recurrent_mask).astype(h_dtype))
     if valid_t is not None:
@@ -580,17 +582,22 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
     spec = ",".join("tbu" for _ in operands)
     return jnp.einsum(f"{spec}->u", *operands, preferred_element_type=update_dtype)
 
-  d_recurrent = {"kernel": _summed_outer(h_in, d_pre, cell.dtype)}
-  d_params = {"gate_bias": total(d_gates)}
-  if recurrent_norm is not None:
-    d_recurrent.update(scale=total(d_gates, recurrent_norm[0]), bias=d_params["gate_bias"])
+  def norm_grads(d_out, residual):  # A gate LayerNorm's scale and bias.
+    return {} if residual is None else {"scale": total(d_out, residual[0]), "bias": total(d_out)}
+
+  # Through the rounding of the input gates to the cell's dtype.
+  d_input_gates = d_gates.astype(cell.dtype).astype(update_dtype)
+  d_input_product = _gate_norm_vjp(d_input_gates, params["input_proj"], input_norm)
+  input_kernel = params["input_proj"]["kernel"]
+  d_params = {
+      "gate_bias": total(d_gates),
+      "input_proj": {"kernel": _summed_outer(inputs, d_input_product, cell.dtype),
+                     **norm_grads(d_input_gates, input_norm)},
+      "recurrent_proj": {"kernel": _summed_outer(h_in, d_pre, cell.dtype),
+                         **norm_grads(d_gates, recurrent_norm)},
+  }
   if cell_norm is not None:
     d_params.update(cell_scale=total(d_c_out, cell_norm[0]), cell_bias=total(d_c_out))
-  d_params["recurrent_proj"] = d_recurrent
-  d_input_product, d_input_norm = input_norm_vjp(d_gates.astype(cell.dtype))
-  input_kernel = params["input_proj"]["kernel"]
-  d_params["input_proj"] = {**d_input_norm,
-                            "kernel": _summed_outer(inputs, d_input_product, cell.dtype)}
   d_inputs = _product(d_input_product, input_kernel.T, cell.dtype).astype(inputs.dtype)
   d_params = jax.tree.map(lambda d, p: d.astype(p.dtype), d_params, params)
   # Neither the validity nor the dropout mask depends on a parameter.
