@@ -89,6 +89,14 @@ def _forget_bias_init(forget_bias: float) -> Initializer:
   return init
 
 
+def _grouped(x: Array, num_groups: int) -> Array:
+  """x [..., F] as [..., num_groups, F / num_groups]; x itself for one group (a
+  reshape to [..., 1, F] makes XLA:CPU copy large arrays to another layout)."""
+  if num_groups == 1:
+    return x
+  return x.reshape(x.shape[:-1] + (num_groups, x.shape[-1] // num_groups))
+
+
 def _normalized(x: Array, num_groups: int, epsilon: float) -> tuple[Array, Array]:
   """(x - mean) / sqrt(var + epsilon) over the last axis split into `num_groups`
   equal groups, and the 1 / sqrt(var + epsilon) [..., num_groups].
@@ -97,18 +105,21 @@ def _normalized(x: Array, num_groups: int, epsilon: float) -> tuple[Array, Array
   results are float32 (float64 for float64 inputs).
   """
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  grouped = x.reshape(x.shape[:-1] + (num_groups, x.shape[-1] // num_groups))
+  grouped = _grouped(x, num_groups)
   centered = grouped - grouped.mean(-1, keepdims=True)
   rstd = jax.lax.rsqrt(jnp.square(centered).mean(-1, keepdims=True) + epsilon)
+  if num_groups == 1:
+    return centered * rstd, rstd
   return (centered * rstd).reshape(x.shape), rstd[..., 0]
 
 
 def _normalized_vjp(d_normalized: Array, normalized: Array, rstd: Array) -> Array:
   """The gradient of `_normalized`'s input from that of its output, given the output
   and the 1 / sqrt(var + epsilon) [..., num_groups] it returned."""
-  groups = d_normalized.shape[:-1] + (rstd.shape[-1], -1)
-  d, y = d_normalized.reshape(groups), normalized.reshape(groups)
-  d_x = rstd[..., None] * (d - d.mean(-1, keepdims=True) - y * (d * y).mean(-1, keepdims=True))
+  num_groups = rstd.shape[-1]
+  d, y = _grouped(d_normalized, num_groups), _grouped(normalized, num_groups)
+  rstd = rstd if num_groups == 1 else rstd[..., None]
+  d_x = rstd * (d - d.mean(-1, keepdims=True) - y * (d * y).mean(-1, keepdims=True))
   return d_x.reshape(d_normalized.shape)
 
 
