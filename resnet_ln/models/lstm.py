@@ -183,8 +183,9 @@ def _gate_norm(y: Array, norm: dict[str, Array], num_groups: int | None,
 
 def _gate_norm_vjp(d_out: Array, norm: dict[str, Array],
                    residual: tuple[Array, Array] | None) -> Array:
-  """The gradient of `_gate_norm`'s `y` from that of its output (its scale's and
-  bias's are sums over steps, which the caller does)."""
+  """The gradient of `_gate_norm`'s `y` (or of LN(c)'s c) from that of its output,
+  given its `residual` (its scale's and bias's gradients are sums over steps, which
+  the caller does)."""
   if residual is None:
     return d_out
   return _normalized_vjp(d_out * norm["scale"].astype(d_out.dtype), *residual)
@@ -550,6 +551,7 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
   recurrent = params["recurrent_proj"]
   kernel_t = recurrent["kernel"].T
   normalize_carried = getattr(cell, "normalize_carried_cell", False)
+  cell_gain = {"scale": params["cell_scale"]} if "cell_scale" in params else {}
 
   def step(d_carry, xs):
     d_out_t, valid_t, (_, c, activations, tanh_c, recurrent_norm, cell_norm) = xs
@@ -559,18 +561,16 @@ def _recurrence_bwd(cell, unroll, residuals, cotangents):
       d_c_kept = jnp.where(keep, jnp.zeros_like(d_carry[0]), d_carry[0])
       d_h_kept = jnp.where(keep, jnp.zeros_like(d_carry[1]), d_carry[1])
       d_c, d_h = jnp.where(keep, d_c, 0), jnp.where(keep, d_h, 0)
+    # h = o tanh(c_out), c_out = LN(c_new) (or c_new), c_new = f c + i g, with f, i,
+    # o the sigmoids and g the tanh of the gates; the carried c is c_new or c_out.
     f, i, o, g = jnp.split(activations, 4, axis=-1)
     d_o = d_h * tanh_c * o * (1 - o)
     d_c_out = d_h * o * (1 - jnp.square(tanh_c))
-    if cell_norm is None:
-      d_new_c = d_c_out + d_c
-    else:
-      if normalize_carried:
-        d_c_out = d_c_out + d_c
-      c_hat, rstd = cell_norm
-      d_new_c = _normalized_vjp(d_c_out * params["cell_scale"].astype(update_dtype), c_hat, rstd)
-      if not normalize_carried:
-        d_new_c = d_new_c + d_c
+    if cell_norm is not None and normalize_carried:
+      d_c_out = d_c_out + d_c
+    d_new_c = _gate_norm_vjp(d_c_out, cell_gain, cell_norm)
+    if cell_norm is None or not normalize_carried:
+      d_new_c = d_new_c + d_c
     d_gates = jnp.concatenate([d_new_c * c * f * (1 - f), d_new_c * g * i * (1 - i), d_o,
                                d_new_c * i * (1 - jnp.square(g))], axis=-1)
     d_pre = _gate_norm_vjp(d_gates, recurrent, recurrent_norm)
