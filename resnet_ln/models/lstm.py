@@ -288,7 +288,7 @@ class _FusedLSTMCell(nn.RNNCellBase):
 
     Returns:
       (((c, h), h), residuals): the new carry and output as `recurrent_step`'s,
-      and what `_step_vjp` needs: the gate activations [batch, 4H], tanh of the
+      and what `_recurrence_bwd` needs: the gate activations [batch, 4H], tanh of the
       cell state under h's tanh, and `_cell_output`'s LayerNorm parts.
     """
     f, i, o, g = jnp.split(gates, 4, axis=-1)
