@@ -452,14 +452,15 @@ GRADIENT_CASES = [
 ]
 
 
-def _gradients_of_layer_and_of_flax_rnn(cell, model, dtype=jnp.float32):
-  """Gradients (params, inputs, initial carry) of one loss through `model` (its
-  written-out backward pass) and through flax's `nn.RNN(cell)` (JAX's autodiff)."""
+def _gradients_of_layer_and_of_flax_rnn(cell, model, h_dtype=jnp.float32):
+  """Gradients (params, inputs, initial carry: c float32, h `h_dtype`) of one loss
+  through `model` (its written-out backward pass) and through flax's `nn.RNN(cell)`
+  (JAX's autodiff)."""
   x = _sequences()
   rnn = nn.RNN(cell, return_carry=True)
   params = _random_params(rnn, x, seed=16)["cell"]
   rng = np.random.default_rng(17)
-  carry = tuple(jnp.asarray(rng.normal(size=(4, H)), dtype) for dtype in (jnp.float32, dtype))
+  carry = tuple(jnp.asarray(rng.normal(size=(4, H)), d) for d in (jnp.float32, h_dtype))
   weights = jax.random.normal(jax.random.key(18), (4, 6, H))
   valid = jnp.arange(6)[None, :, None] < LENGTHS[:, None, None]
 
@@ -495,9 +496,9 @@ def test_bfloat16_layer_gradients_stay_close_to_autodiff_of_the_bfloat16_cell(la
       cell_type(H, dtype=jnp.bfloat16), LSTM(H, layer_norm=layer_norm, dtype=jnp.bfloat16),
       jnp.bfloat16)
   exact, _ = _gradients_of_layer_and_of_flax_rnn(cell_type(H), LSTM(H, layer_norm=layer_norm))
-  # The two bfloat16 computations round in different places (the layer saves the
-  # float32 gate activations, autodiff recomputes its own): they differ by a few
-  # 1e-3 of each gradient's scale, less than either differs from float32.
+  # The two bfloat16 computations round in different places: measured, they differ
+  # by at most 0.5% of each gradient's largest value, and autodiff's bfloat16
+  # gradients differ from its float32 ones by up to 2%.
   assert [g.dtype for g in jax.tree.leaves(got)] == [w.dtype for w in jax.tree.leaves(want)]
   for g, w, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(exact)):
     g, w, e = (np.asarray(a, np.float32) for a in (g, w, e))
