@@ -123,16 +123,6 @@ def _normalized_vjp(d_normalized: Array, normalized: Array, rstd: Array) -> Arra
   return d_x.reshape(d_normalized.shape)
 
 
-def _layer_norm(x: Array, scale: Array, bias: Array, num_groups: int, epsilon: float) -> Array:
-  """LayerNorm over the last axis split into `num_groups` equal groups.
-
-  Statistics are computed in (at least) float32 whatever the dtype of `x`; the
-  result is float32 (float64 for float64 inputs).
-  """
-  y, _ = _normalized(x, num_groups, epsilon)
-  return y * scale.astype(y.dtype) + bias.astype(y.dtype)
-
-
 class _GateProjection(nn.Module):
   """Fused gate pre-activations W z [..., 4H], LayerNorm-ed when `num_groups` is set.
 
@@ -171,9 +161,10 @@ def _product(z: Array, kernel: Array, dtype: Dtype) -> Array:
 
 def _gate_norm(y: Array, norm: dict[str, Array], num_groups: int | None,
                epsilon: float) -> tuple[Array, tuple[Array, Array] | None]:
-  """`_GateProjection`'s LayerNorm of the product `y` with its `norm` {"scale", "bias"}
-  (`y` itself when `num_groups` is None), and what `_gate_norm_vjp` needs: the
-  normalised `y` and its 1 / std (None without a LayerNorm)."""
+  """The LayerNorm of `y` (a gate product W z, or c for LN(c)) with the `norm`
+  {"scale", "bias"} (`y` itself when `num_groups` is None), and what
+  `_gate_norm_vjp` needs: the normalised `y` and its 1 / std (None without a
+  LayerNorm). The result is in (at least) float32."""
   if num_groups is None:
     return y, None
   normalized, rstd = _normalized(y, num_groups, epsilon)
@@ -383,9 +374,9 @@ class LayerNormLSTMCell(_FusedLSTMCell):
     )
 
   def _cell_output(self, c: Array) -> tuple[Array, Array, tuple[Array, Array]]:
-    c_hat, rstd = _normalized(c, 1, self.epsilon)
-    c_norm = c_hat * self.cell_scale.astype(c_hat.dtype) + self.cell_bias.astype(c_hat.dtype)
-    return c_norm, c_norm if self.normalize_carried_cell else c, (c_hat, rstd)
+    c_norm, parts = _gate_norm(c, {"scale": self.cell_scale, "bias": self.cell_bias}, 1,
+                               self.epsilon)
+    return c_norm, c_norm if self.normalize_carried_cell else c, parts
 
   def setup(self) -> None:
     super().setup()
